@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from tune_adapter.synth import SynthSpec, write_synth
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Every test gets its own packed-cache folder, so none sees another's packs."""
+    monkeypatch.setenv("TUNE_ADAPTER_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def synth_frame(tmp_path_factory) -> dict[str, Path]:
+    """The default tiny synthetic dataset, per-frame targets (read-only for tests)."""
+    return write_synth(tmp_path_factory.mktemp("synth_frame"), SynthSpec())
+
+
+@pytest.fixture(scope="session")
+def synth_latent(tmp_path_factory) -> dict[str, Path]:
+    return write_synth(tmp_path_factory.mktemp("synth_latent"),
+                       SynthSpec(layout="latent", train_clips=24, val_clips=8))
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> dict[str, Path]:
+    """A few short clips: for tests that train but do not need learning to work."""
+    return write_synth(tmp_path_factory.mktemp("synth_small"),
+                       SynthSpec(train_clips=12, val_clips=4, min_frames=5, max_frames=30))

@@ -1,0 +1,113 @@
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tune_adapter.checkpoint import load_checkpoint
+from tune_adapter.config import TrainConfig
+from tune_adapter.data import load_data
+from tune_adapter.errors import ConfigError
+from tune_adapter.trainer import train
+
+SMALL = dict(lr=3e-3, batch_size=4, intermediate_dim=32, epochs=3)
+
+
+@pytest.fixture
+def small_data(synth_small):
+    return load_data(synth_small["train"], synth_small["val"])
+
+
+def weights(folder):
+    return load_file(folder / "adapter.safetensors")
+
+
+def test_trainer_does_not_import_ray():
+    assert "tune_adapter.trainer" in sys.modules
+    import tune_adapter.trainer as trainer_module
+
+    source = open(trainer_module.__file__).read()
+    assert "import ray" not in source and "from ray" not in source
+
+
+def test_reports_every_epoch_with_a_complete_checkpoint(small_data, tmp_path):
+    reports = []
+
+    def report(metrics, folder):
+        assert {"adapter.safetensors", "optimizer.pt", "state.json"} <= {p.name for p in folder.iterdir()}
+        state = json.loads((folder / "state.json").read_text())
+        reports.append((metrics, state["epoch"]))
+
+    result = train(TrainConfig(**SMALL), small_data, report=report, output_dir=tmp_path)
+    assert [epoch for _, epoch in reports] == [1, 2, 3]
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
+    for metrics, _ in reports:
+        assert {"train_loss", "val_l1", "val_mse", "val_cos", "step"} <= set(metrics)
+    # No staging folders left behind; only the best and the last checkpoint are kept.
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert all(not name.startswith(".") for name in kept)
+    assert kept == sorted({result.best_checkpoint.name, result.last_checkpoint.name})
+
+
+def test_deterministic_on_cpu(small_data, tmp_path):
+    a = train(TrainConfig(**SMALL), small_data, output_dir=tmp_path / "a")
+    b = train(TrainConfig(**SMALL), small_data, output_dir=tmp_path / "b")
+    assert a.history[-1]["val_l1"] == b.history[-1]["val_l1"]
+    wa, wb = weights(a.last_checkpoint), weights(b.last_checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(TrainConfig(**{**SMALL, "seed": 1}), small_data)
+    assert c.history[-1]["val_l1"] != a.history[-1]["val_l1"]
+
+
+def test_resume_continues_exactly(small_data, tmp_path):
+    straight = train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, output_dir=tmp_path / "s")
+    train(TrainConfig(**{**SMALL, "epochs": 2}), small_data, output_dir=tmp_path / "r")
+    resumed = train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, output_dir=tmp_path / "r",
+                    resume_from=tmp_path / "r" / "checkpoints" / "epoch_0002")
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[-1]["val_l1"] == straight.history[-1]["val_l1"]
+    ws, wr = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
+    assert all(torch.equal(ws[k], wr[k]) for k in ws)
+    state = load_checkpoint(resumed.last_checkpoint)
+    assert state.optimizer["state"][0]["step"] == straight.history[-1]["step"]
+
+
+def test_resume_refuses_other_dims(small_data, tmp_path):
+    train(TrainConfig(**{**SMALL, "epochs": 1}), small_data, output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="dims"):
+        train(TrainConfig(**{**SMALL, "audio_window": 3}), small_data,
+              resume_from=tmp_path / "checkpoints" / "epoch_0001")
+
+
+def test_learns_the_synthetic_teacher(synth_frame):
+    """On tiny dims, val_l1 falls below half its first-epoch value within 10 epochs."""
+    data = load_data(synth_frame["train"], synth_frame["val"])
+    result = train(TrainConfig(lr=3e-3, batch_size=4, epochs=10), data)
+    curve = [h["val_l1"] for h in result.history]
+    assert curve[-1] < 0.5 * curve[0], curve
+    assert result.history[-1]["val_cos"] > result.history[0]["val_cos"]
+
+
+def test_latent_targets(synth_latent):
+    data = load_data(synth_latent["train"], synth_latent["val"])
+    result = train(TrainConfig(**{**SMALL, "epochs": 4}), data)
+    assert result.history[-1]["val_l1"] < result.history[0]["val_l1"]
+
+
+def test_mixed_precision_trains(small_data):
+    result = train(TrainConfig(**{**SMALL, "mixed_precision": True}), small_data)
+    curve = [h["val_l1"] for h in result.history]
+    assert curve[-1] < curve[0]
+
+
+def test_worker_processes_give_the_same_batches(small_data):
+    inline = train(TrainConfig(**{**SMALL, "epochs": 2}), small_data)
+    workers = train(TrainConfig(**{**SMALL, "epochs": 2, "num_workers": 1}), small_data)
+    assert inline.history[-1]["val_l1"] == workers.history[-1]["val_l1"]
+
+
+@pytest.mark.parametrize("loss", ["mse", "smooth_l1"])
+def test_other_losses_train_and_report_the_same_metrics(small_data, loss):
+    result = train(TrainConfig(**{**SMALL, "epochs": 2, "loss": loss}), small_data)
+    assert {"val_l1", "val_mse", "val_cos"} <= set(result.history[-1])

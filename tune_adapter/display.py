@@ -1,0 +1,86 @@
+"""rich views for the CLI: training progress, data summaries."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .data import PackedClips
+
+console = Console()
+FPS = 25
+
+
+def fail(message: str) -> None:
+    """A user error: one plain line (never wrapped by rich) on stderr."""
+    print(f"error: {message}", file=sys.stderr)
+
+
+def format_metrics(metrics: dict) -> str:
+    parts = [f"epoch {metrics['epoch']}"]
+    for key in ("train_loss", "val_l1", "val_mse", "val_cos"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    if "epoch_seconds" in metrics:
+        parts.append(f"{metrics['epoch_seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+class TrainProgressBar:
+    """One bar per epoch, a metrics line when it ends (the trainer's Progress protocol)."""
+
+    def __init__(self, out: Console = console):
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(), console=out,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def epoch_started(self, epoch, epochs, steps):
+        self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=epochs, loss="")
+
+    def step_done(self, loss):
+        fields = {"loss": f"loss {loss:.4f}"} if loss is not None else {}
+        self.progress.update(self.task, advance=1, **fields)
+
+    def epoch_done(self, metrics):
+        self.progress.remove_task(self.task)
+        self.progress.console.print(format_metrics(metrics))
+
+
+def pack_summary(pack: PackedClips, title: str) -> Table:
+    frames = pack.frames.tolist()
+    weights = pack.weights.tolist()
+    shapes = pack.shapes
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    if pack.is_frame_layout():
+        layout = "per frame [T, K, D] (any vae-scale)"
+    else:
+        layout = f"per latent [n_lat, K, D] (vae-scale {', '.join(map(str, pack.latent_scales()))})"
+    rows = [
+        ("clips", f"{len(pack)}"),
+        ("frames", f"{sum(frames)} ({sum(frames) / FPS / 3600:.3f} h at {FPS} fps)"),
+        ("frames per clip", f"min {min(frames)}, median {statistics.median(frames):g}, max {max(frames)}"),
+        ("layout", layout),
+        ("audio L x C", f"{shapes.layers} x {shapes.channels}"),
+        ("tokens K x D", f"{shapes.tokens} x {shapes.token_dim}"),
+        ("weights", f"min {min(weights):g}, mean {statistics.fmean(weights):g}, max {max(weights):g}"),
+        ("pack", str(pack.root)),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table

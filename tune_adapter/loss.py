@@ -1,0 +1,90 @@
+"""The masked, weighted distillation loss and the validation metrics.
+
+Predictions are per latent, `[B, N, K, D]`; targets are per frame or per latent,
+`[B, P, K, D]`, with `positions[b, p]` the latent that target row p is compared with and
+`mask[b, p]` false on padding. An example's loss is the mean of the element loss over its
+valid rows, so it does not depend on what it is batched with; the batch loss is the
+weighted mean of the example losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("l1", "mse", "smooth_l1")
+METRICS = ("val_l1", "val_mse", "val_cos")
+
+
+def aligned_predictions(pred: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The prediction each target row is compared with: `[B, P, K, D]`."""
+    rows = torch.arange(pred.shape[0], device=pred.device).unsqueeze(1)
+    return pred[rows, positions]
+
+
+def element_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Element loss averaged over tokens and channels: `[B, P]`."""
+    if kind == "l1":
+        elem = (pred - target).abs()
+    elif kind == "mse":
+        elem = (pred - target).square()
+    elif kind == "smooth_l1":
+        elem = F.smooth_l1_loss(pred, target, reduction="none")
+    else:
+        raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
+    return elem.mean(dim=(-2, -1))
+
+
+def example_means(per_row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each example's valid rows: `[B, P]` -> `[B]`."""
+    valid = mask.to(per_row.dtype)
+    return (per_row * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`sum_i w_i v_i / sum_i w_i`; zero when every weight is zero."""
+    return (values * weights).sum() / weights.sum().clamp(min=torch.finfo(values.dtype).tiny)
+
+
+def masked_loss(
+    pred: torch.Tensor,
+    targets: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+    kind: str = "l1",
+) -> torch.Tensor:
+    aligned = aligned_predictions(pred.float(), positions)
+    per_example = example_means(element_loss(aligned, targets.float(), kind), mask)
+    return weighted_mean(per_example, weights)
+
+
+@dataclass
+class MetricSums:
+    """Running weighted sums of the per-example validation metrics over a whole split."""
+
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRICS, 0.0))
+    weight: float = 0.0
+
+    @torch.no_grad()
+    def add(self, pred, targets, positions, mask, weights) -> None:
+        aligned = aligned_predictions(pred.float(), positions)
+        targets = targets.float()
+        per_example = {
+            "val_l1": example_means(element_loss(aligned, targets, "l1"), mask),
+            "val_mse": example_means(element_loss(aligned, targets, "mse"), mask),
+            "val_cos": example_means(
+                F.cosine_similarity(aligned, targets, dim=-1).mean(dim=-1), mask
+            ),
+        }
+        weights = weights.float()
+        for name, values in per_example.items():
+            self.sums[name] += float((values * weights).sum())
+        self.weight += float(weights.sum())
+
+    def means(self) -> dict[str, float]:
+        if self.weight <= 0:
+            return {name: float("nan") for name in METRICS}
+        return {name: total / self.weight for name, total in self.sums.items()}

@@ -1,0 +1,197 @@
+"""The Parquet trial store: `trials.parquet` and `epochs.parquet` of one experiment.
+
+`trials.parquet`: one row per trial: `trial_id`, `status` (running|completed|pruned|error),
+every sampled parameter as its own column (named as the space names it), `epochs`,
+`best_epoch`, `best_val_l1`, `best_val_mse`, `best_val_cos`, `last_train_loss`,
+`last_val_l1`, `last_val_mse`, `last_val_cos`, `wall_seconds`, `best_checkpoint`, `error`.
+`epochs.parquet`: one row per trial per epoch: `trial_id`, `epoch`, `train_loss`,
+`val_l1`, `val_mse`, `val_cos`, `epoch_seconds`, `step`, `checkpoint`.
+Both carry the experiment's description as schema metadata (key `tune_adapter`).
+
+Both files are rewritten whole (write, then rename) whenever a result arrives: a reader
+never sees half a file and a crash loses nothing that was already reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+METADATA_KEY = b"tune_adapter"
+EPOCH_METRICS = ("train_loss", "val_l1", "val_mse", "val_cos", "epoch_seconds", "step")
+FINAL_STATUSES = ("completed", "pruned", "error")
+
+
+@dataclass
+class ExperimentInfo:
+    """What a reader needs to interpret the files."""
+
+    name: str
+    params: list[str]  # sampled parameter names: the param columns of trials.parquet
+    metric: str = "val_l1"
+    mode: str = "min"
+    max_epochs: int = 0
+    num_samples: int = 0
+    space: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict
+    status: str = "running"
+    epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> metrics (deduplicated)
+    checkpoints: dict[int, str] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    error: str | None = None
+
+    def best_epoch(self) -> int | None:
+        ranked = [(m["val_l1"], e) for e, m in self.epochs.items() if not math.isnan(m["val_l1"])]
+        return min(ranked)[1] if ranked else None
+
+    def row(self, params: list[str]) -> dict:
+        best = self.best_epoch()
+        last = self.epochs[max(self.epochs)] if self.epochs else {}
+        best_metrics = self.epochs.get(best, {})
+        return {
+            "trial_id": self.trial_id,
+            "status": self.status,
+            **{p: self.params.get(p) for p in params},
+            "epochs": len(self.epochs),
+            "best_epoch": best,
+            **{f"best_{k}": best_metrics.get(k) for k in ("val_l1", "val_mse", "val_cos")},
+            **{f"last_{k}": last.get(k) for k in ("train_loss", "val_l1", "val_mse", "val_cos")},
+            "wall_seconds": self.wall_seconds,
+            "best_checkpoint": self.checkpoints.get(best) if best is not None else None,
+            "error": self.error,
+        }
+
+    def epoch_rows(self) -> list[dict]:
+        return [{"trial_id": self.trial_id, "epoch": e,
+                 **{k: m.get(k) for k in EPOCH_METRICS}, "checkpoint": self.checkpoints.get(e)}
+                for e, m in sorted(self.epochs.items())]
+
+
+class TrialStore:
+    """The experiment's records in memory, mirrored to Parquet after every change."""
+
+    def __init__(self, folder: Path, info: ExperimentInfo):
+        self.folder = Path(folder)
+        self.info = info
+        self.trials: dict[str, TrialRecord] = {}
+        if (self.folder / TRIALS_FILE).is_file():
+            self._load()
+
+    def _load(self) -> None:
+        trials = pq.read_table(self.folder / TRIALS_FILE).to_pylist()
+        epochs = pq.read_table(self.folder / EPOCHS_FILE).to_pylist()
+        for row in trials:
+            self.trials[row["trial_id"]] = TrialRecord(
+                trial_id=row["trial_id"], params={p: row.get(p) for p in self.info.params},
+                status=row["status"], wall_seconds=row["wall_seconds"] or 0.0, error=row["error"],
+            )
+        for row in epochs:
+            record = self.trials[row["trial_id"]]
+            record.epochs[row["epoch"]] = {k: row[k] for k in EPOCH_METRICS}
+            if row["checkpoint"]:
+                record.checkpoints[row["epoch"]] = row["checkpoint"]
+
+    def is_finished(self, trial_id: str) -> bool:
+        record = self.trials.get(trial_id)
+        return record is not None and record.status in FINAL_STATUSES
+
+    def record_epoch(self, trial_id: str, params: dict, metrics: dict, checkpoint: str | None,
+                     wall_seconds: float) -> None:
+        record = self.trials.setdefault(trial_id, TrialRecord(trial_id, dict(params)))
+        if record.status in FINAL_STATUSES:
+            return  # a finished trial rerun after a crash: its record stands as it was
+        epoch = int(metrics["epoch"])
+        record.epochs[epoch] = {k: _number(metrics.get(k)) for k in EPOCH_METRICS}
+        if checkpoint:
+            record.checkpoints[epoch] = checkpoint
+        record.wall_seconds = wall_seconds
+        self.write()
+
+    def record_end(self, trial_id: str, params: dict, status: str, error: str | None = None) -> None:
+        record = self.trials.setdefault(trial_id, TrialRecord(trial_id, dict(params)))
+        if record.status in FINAL_STATUSES:
+            return
+        record.status, record.error = status, error
+        self.write()
+
+    def write(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        metadata = {METADATA_KEY: json.dumps(asdict(self.info)).encode()}
+        trial_rows = [r.row(self.info.params) for r in self.trials.values()]
+        epoch_rows = [row for r in self.trials.values() for row in r.epoch_rows()]
+        trials_schema = _trials_schema(self.info.params, trial_rows)
+        _write_atomic(self.folder / TRIALS_FILE, _table(trial_rows, trials_schema, metadata))
+        _write_atomic(self.folder / EPOCHS_FILE, _table(epoch_rows, _epochs_schema(), metadata))
+
+
+def _number(value):
+    return None if value is None else float(value)
+
+
+def _trials_schema(params: list[str], rows: list[dict]) -> pa.Schema:
+    metrics = ["best_val_l1", "best_val_mse", "best_val_cos", "last_train_loss", "last_val_l1",
+               "last_val_mse", "last_val_cos", "wall_seconds"]
+    return pa.schema(
+        [("trial_id", pa.string()), ("status", pa.string())]
+        + [(p, _param_type([r[p] for r in rows])) for p in params]
+        + [("epochs", pa.int64()), ("best_epoch", pa.int64())]
+        + [(m, pa.float64()) for m in metrics]
+        + [("best_checkpoint", pa.string()), ("error", pa.string())]
+    )
+
+
+def _param_type(values: list) -> pa.DataType:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.bool_()
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.int64()
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.float64()
+    return pa.string() if present else pa.float64()
+
+
+def _epochs_schema() -> pa.Schema:
+    return pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())]
+                     + [(k, pa.float64()) for k in EPOCH_METRICS] + [("checkpoint", pa.string())])
+
+
+def _table(rows: list[dict], schema: pa.Schema, metadata: dict) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata(metadata)
+
+
+def _write_atomic(path: Path, table: pa.Table) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, staging)
+    os.replace(staging, path)
+
+
+def read_info(folder: Path) -> ExperimentInfo:
+    meta = pq.read_schema(Path(folder) / TRIALS_FILE).metadata or {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{folder / TRIALS_FILE} was not written by tune-adapter")
+    return ExperimentInfo(**json.loads(meta[METADATA_KEY]))
+
+
+def read_trials(folder: Path):
+    """trials.parquet as a pandas DataFrame."""
+    return pq.read_table(Path(folder) / TRIALS_FILE).to_pandas()
+
+
+def read_epochs(folder: Path):
+    """epochs.parquet as a pandas DataFrame."""
+    return pq.read_table(Path(folder) / EPOCHS_FILE).to_pandas()

@@ -1,0 +1,135 @@
+"""Synthetic teacher/student datasets for the quickstart, the tests and the benchmarks.
+
+Frame embeddings are temporally smooth (an AR(1) process per channel, like wav2vec2
+features that change slowly from frame to frame). A seeded teacher AudioProjModel with
+InfiniteTalk's windows (W=5, S=4) turns them into tokens, so a student with the right
+window can match the teacher exactly and a search has a real optimum to find.
+Per-frame targets repeat each latent's tokens over the frames that latent covers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .adapter import AdapterDims, AudioProjModel
+from .errors import ConfigError
+from .windows import WindowSpec, clip_inputs, latent_of_frame
+
+DIMS = {
+    "tiny": dict(layers=2, channels=16, intermediate_dim=32, context_tokens=4, output_dim=16),
+    "infinitetalk": dict(layers=12, channels=768, intermediate_dim=512, context_tokens=32,
+                         output_dim=768),
+}
+LAYOUTS = ("frame", "latent")
+TEACHER_WINDOW = WindowSpec(audio_window=5, vae_scale=4)
+SMOOTHNESS = 0.9  # AR(1) coefficient between consecutive frames
+SIGNAL_RANK = 4  # directions the frame embeddings move in
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    dims: str = "tiny"
+    layout: str = "frame"
+    train_clips: int = 160
+    val_clips: int = 32
+    min_frames: int = 21
+    max_frames: int = 81
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dims not in DIMS:
+            raise ConfigError(f"--dims {self.dims!r} is unknown: choose one of {', '.join(DIMS)}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"--layout {self.layout!r} is unknown: choose frame or latent")
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ConfigError("--min-frames must be >= 1 and at most --max-frames")
+        if self.train_clips < 1 or self.val_clips < 1:
+            raise ConfigError("--train-clips and --val-clips must be >= 1")
+
+    def adapter_dims(self) -> AdapterDims:
+        return AdapterDims(audio_window=TEACHER_WINDOW.audio_window,
+                           vae_scale=TEACHER_WINDOW.vae_scale, **DIMS[self.dims])
+
+
+def clip_generator(seed: int, index: int) -> torch.Generator:
+    """Clip i's content depends on (seed, i) only, not on how many clips are made."""
+    return torch.Generator().manual_seed(seed * 7_919 + index + 1)
+
+
+def smooth_embeddings(frames: int, mixing: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """`[T, L, C]`: a smooth low-dimensional signal seen through a fixed linear map.
+
+    Like wav2vec2 features, the frames vary slowly and span few directions of the L*C
+    space; that keeps the teacher learnable from a few dozen clips.
+    """
+    rank, (layers, channels) = mixing.shape[0], mixing.shape[1:]
+    noise = torch.randn(frames, rank, generator=gen)
+    state = torch.empty_like(noise)
+    state[0] = noise[0]
+    innovation = (1 - SMOOTHNESS**2) ** 0.5
+    for t in range(1, frames):
+        state[t] = SMOOTHNESS * state[t - 1] + innovation * noise[t]
+    return torch.einsum("tr,rlc->tlc", state, mixing).contiguous()
+
+
+def mixing_matrix(dims: AdapterDims, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(20_011 + seed)
+    return torch.randn(SIGNAL_RANK, dims.layers, dims.channels, generator=gen) / SIGNAL_RANK**0.5
+
+
+def make_teacher(dims: AdapterDims, seed: int) -> AudioProjModel:
+    """A teacher whose tokens depend strongly on the audio.
+
+    PyTorch's default init leaves the tokens dominated by proj3's bias (nearly the same for
+    every input), which a student learns in one epoch; He-scaled weights and zero biases
+    make every token a function of the window instead.
+    """
+    gen = torch.Generator().manual_seed(10_007 + seed)
+    teacher = AudioProjModel(dims).eval()
+    with torch.no_grad():
+        for layer in (teacher.proj1, teacher.proj1_vf, teacher.proj2, teacher.proj3):
+            fan_in = layer.weight.shape[1]
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
+            layer.bias.zero_()
+    return teacher
+
+
+@torch.no_grad()
+def teacher_tokens(teacher: AudioProjModel, audio: torch.Tensor, layout: str) -> torch.Tensor:
+    first, latter = clip_inputs(audio, TEACHER_WINDOW)
+    latents = teacher(first, latter)[0]
+    if layout == "latent":
+        return latents
+    return latents[latent_of_frame(audio.shape[0], TEACHER_WINDOW.vae_scale)]
+
+
+def write_synth(out: Path, spec: SynthSpec) -> dict[str, Path]:
+    """Write clips and `train.json`, `val.json`, `synth.json` under `out`."""
+    out = Path(out)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    dims = spec.adapter_dims()
+    teacher = make_teacher(dims, spec.seed)
+    mixing = mixing_matrix(dims, spec.seed)
+    manifests = {}
+    split_sizes = {"train": spec.train_clips, "val": spec.val_clips}
+    start = 0
+    for split, count in split_sizes.items():
+        entries = []
+        for i in range(start, start + count):
+            gen = clip_generator(spec.seed, i)
+            frames = int(torch.randint(spec.min_frames, spec.max_frames + 1, (1,), generator=gen))
+            audio = smooth_embeddings(frames, mixing, gen)
+            tokens = teacher_tokens(teacher, audio, spec.layout)
+            audio_name, target_name = f"clips/clip_{i:05d}_audio.pt", f"clips/clip_{i:05d}_tokens.pt"
+            torch.save(audio, out / audio_name)
+            torch.save(tokens.contiguous(), out / target_name)
+            entries.append({"audio": audio_name, "target": target_name, "weight": 1.0})
+        start += count
+        manifests[split] = out / f"{split}.json"
+        manifests[split].write_text(json.dumps(entries, indent=1))
+    (out / "synth.json").write_text(json.dumps({**asdict(spec), "teacher_dims": dims.to_json()}, indent=1))
+    return manifests
