@@ -1,6 +1,7 @@
 """The Parquet trial store: `trials.parquet` and `epochs.parquet` of one experiment.
 
-`trials.parquet`: one row per trial: `trial_id`, `status` (running|completed|pruned|error),
+`trials.parquet`: one row per trial: `trial_id`, `number` (0, 1, ... in the order trials
+started), `status` (running|completed|pruned|error),
 every sampled parameter as its own column (named as the space names it), `epochs`,
 `best_epoch`, `best_val_l1`, `best_val_mse`, `best_val_cos`, `last_train_loss`,
 `last_val_l1`, `last_val_mse`, `last_val_cos`, `wall_seconds`, `best_checkpoint`, `error`.
@@ -41,6 +42,9 @@ class ExperimentInfo:
     max_epochs: int = 0
     num_samples: int = 0
     space: str = ""
+    # Each parameter's Optuna distribution (optuna.distributions.distribution_to_json), so a
+    # study can be rebuilt from trials.parquet (e.g. for optuna.importance).
+    distributions: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
@@ -48,6 +52,7 @@ class ExperimentInfo:
 class TrialRecord:
     trial_id: str
     params: dict
+    number: int = 0
     status: str = "running"
     epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> metrics (deduplicated)
     checkpoints: dict[int, str] = field(default_factory=dict)
@@ -64,6 +69,7 @@ class TrialRecord:
         best_metrics = self.epochs.get(best, {})
         return {
             "trial_id": self.trial_id,
+            "number": self.number,
             "status": self.status,
             **{p: self.params.get(p) for p in params},
             "epochs": len(self.epochs),
@@ -97,6 +103,7 @@ class TrialStore:
         for row in trials:
             self.trials[row["trial_id"]] = TrialRecord(
                 trial_id=row["trial_id"], params={p: row.get(p) for p in self.info.params},
+                number=row["number"],
                 status=row["status"], wall_seconds=row["wall_seconds"] or 0.0, error=row["error"],
             )
         for row in epochs:
@@ -105,24 +112,30 @@ class TrialStore:
             if row["checkpoint"]:
                 record.checkpoints[row["epoch"]] = row["checkpoint"]
 
+    def _record(self, trial_id: str, params: dict) -> TrialRecord:
+        if trial_id not in self.trials:
+            self.trials[trial_id] = TrialRecord(trial_id, dict(params), number=len(self.trials))
+        return self.trials[trial_id]
+
     def is_finished(self, trial_id: str) -> bool:
         record = self.trials.get(trial_id)
         return record is not None and record.status in FINAL_STATUSES
 
     def record_epoch(self, trial_id: str, params: dict, metrics: dict, checkpoint: str | None,
                      wall_seconds: float) -> None:
-        record = self.trials.setdefault(trial_id, TrialRecord(trial_id, dict(params)))
+        record = self._record(trial_id, params)
         if record.status in FINAL_STATUSES:
             return  # a finished trial rerun after a crash: its record stands as it was
         epoch = int(metrics["epoch"])
-        record.epochs[epoch] = {k: _number(metrics.get(k)) for k in EPOCH_METRICS}
+        record.epochs[epoch] = {k: _number(metrics.get(k), int if k == "step" else float)
+                                for k in EPOCH_METRICS}
         if checkpoint:
             record.checkpoints[epoch] = checkpoint
         record.wall_seconds = wall_seconds
         self.write()
 
     def record_end(self, trial_id: str, params: dict, status: str, error: str | None = None) -> None:
-        record = self.trials.setdefault(trial_id, TrialRecord(trial_id, dict(params)))
+        record = self._record(trial_id, params)
         if record.status in FINAL_STATUSES:
             return
         record.status, record.error = status, error
@@ -138,15 +151,15 @@ class TrialStore:
         _write_atomic(self.folder / EPOCHS_FILE, _table(epoch_rows, _epochs_schema(), metadata))
 
 
-def _number(value):
-    return None if value is None else float(value)
+def _number(value, kind):
+    return None if value is None else kind(value)
 
 
 def _trials_schema(params: list[str], rows: list[dict]) -> pa.Schema:
     metrics = ["best_val_l1", "best_val_mse", "best_val_cos", "last_train_loss", "last_val_l1",
                "last_val_mse", "last_val_cos", "wall_seconds"]
     return pa.schema(
-        [("trial_id", pa.string()), ("status", pa.string())]
+        [("trial_id", pa.string()), ("number", pa.int64()), ("status", pa.string())]
         + [(p, _param_type([r[p] for r in rows])) for p in params]
         + [("epochs", pa.int64()), ("best_epoch", pa.int64())]
         + [(m, pa.float64()) for m in metrics]
@@ -167,7 +180,8 @@ def _param_type(values: list) -> pa.DataType:
 
 def _epochs_schema() -> pa.Schema:
     return pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())]
-                     + [(k, pa.float64()) for k in EPOCH_METRICS] + [("checkpoint", pa.string())])
+                     + [(k, pa.int64() if k == "step" else pa.float64()) for k in EPOCH_METRICS]
+                     + [("checkpoint", pa.string())])
 
 
 def _table(rows: list[dict], schema: pa.Schema, metadata: dict) -> pa.Table:
