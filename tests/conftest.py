@@ -1,9 +1,16 @@
 from pathlib import Path
 
+import os
+
 import pytest
 import torch
 
 from tune_adapter.synth import SynthSpec, write_synth
+
+
+# Ray workers import test trainables by module name: they must find tests/ on their path.
+_TESTS = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(autouse=True)

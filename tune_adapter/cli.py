@@ -156,5 +156,98 @@ def check(
     console.print(pack_summary(pack, f"{manifest}: valid"))
 
 
+@app.command()
+@user_errors
+def search(
+    space: Annotated[Path, typer.Option(help="Space file defining space(trial)")] = Path("search_spaces/default.py"),
+    manifest: Annotated[Optional[Path], typer.Option(help="Training manifest [default: a synthetic dataset under --storage]")] = None,
+    val_manifest: ValManifest = None,
+    val_fraction: ValFraction = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Trials [space's NUM_SAMPLES, else 16]")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Epochs of a trial that ASHA keeps [MAX_EPOCHS, else 10]")] = None,
+    grace_period: Annotated[Optional[int], typer.Option(help="Epochs before ASHA may stop a trial [GRACE_PERIOD, else 1]")] = None,
+    reduction_factor: Annotated[Optional[int], typer.Option(help="ASHA keeps 1/R at each rung [REDUCTION_FACTOR, else 3]")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs (and torch threads) per trial [1]")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU fraction per trial [0.25 with GPUs, else 0]")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option(help="Trials at once [as many as resources allow]")] = None,
+    storage: Annotated[Path, typer.Option(help="Folder of experiments")] = Path("results"),
+    name: Annotated[Optional[str], typer.Option(help="Experiment name [the space file's name]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Optuna sampler seed [0]")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped search of this name")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one")] = None,
+    max_failures: Annotated[Optional[int], typer.Option(help="Retries of a failing trial [1]")] = None,
+    mixed_precision: Annotated[bool, typer.Option(help="bf16 autocast in every trial")] = False,
+    cache_dir: CacheDir = None,
+    top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
+):
+    """Search hyperparameters with Ray Tune (Optuna samples, ASHA stops weak trials)."""
+    from .display import console
+    from .results import open_experiment, read_trials
+    from .search import resolve_options, run_search
+    from .search.live import top_trials_table
+    from .space import load_space
+
+    space_file = load_space(space)
+    options = resolve_options(
+        space_file.defaults, space=space, manifest=manifest, val_manifest=val_manifest,
+        val_fraction=val_fraction, num_samples=num_samples, max_epochs=max_epochs,
+        grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, storage=storage, name=name,
+        seed=seed, resume=resume, address=address, max_failures=max_failures,
+        mixed_precision=mixed_precision, cache_dir=cache_dir,
+    )
+    outcome = run_search(options, console=console)
+    folder, info = open_experiment(outcome.experiment_dir)
+    console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
+    if not outcome.complete:
+        console.print(f"[yellow]stopped with {outcome.finished} of {outcome.num_samples} trials finished: "
+                      f"continue with the same command plus --resume")
+        raise typer.Exit(1)
+    console.print(f"results: {folder}/trials.parquet, epochs.parquet", soft_wrap=True)
+
+
+Experiment = Annotated[
+    Optional[Path], typer.Option(help="Experiment folder [the latest under results/]")
+]
+
+
+@app.command()
+@user_errors
+def results(
+    experiment: Experiment = None,
+    epochs: Annotated[bool, typer.Option("--epochs", help="One row per trial per epoch")] = False,
+    format: Annotated[str, typer.Option(help="table, csv or json")] = "table",
+):
+    """Print an experiment's trials (or epochs) from its Parquet files."""
+    from .display import console, frame_table
+    from .results import open_experiment, read_epochs, read_trials
+
+    if format not in ("table", "csv", "json"):
+        raise UserError(f"--format {format!r} is unknown: use table, csv or json")
+    folder, _ = open_experiment(experiment)
+    frame = read_epochs(folder) if epochs else read_trials(folder)
+    if format == "csv":
+        print(frame.to_csv(index=False), end="")
+    elif format == "json":
+        print(frame.to_json(orient="records", indent=1))
+    else:
+        console.print(frame_table(frame, title=str(folder)))
+
+
+@app.command()
+@user_errors
+def best(
+    experiment: Experiment = None,
+    top: Annotated[int, typer.Option(help="Trials to list")] = 5,
+):
+    """The best trials of an experiment, and their checkpoints."""
+    from .display import console
+    from .results import open_experiment, read_trials
+    from .search.live import top_trials_table
+
+    folder, info = open_experiment(experiment)
+    console.print(top_trials_table(read_trials(folder), info.params, top, f"{folder}: top {top} trials"))
+
+
 def main() -> None:
     app()

@@ -77,13 +77,18 @@ class TrialRecord:
             **{f"best_{k}": best_metrics.get(k) for k in ("val_l1", "val_mse", "val_cos")},
             **{f"last_{k}": last.get(k) for k in ("train_loss", "val_l1", "val_mse", "val_cos")},
             "wall_seconds": self.wall_seconds,
-            "best_checkpoint": self.checkpoints.get(best) if best is not None else None,
+            "best_checkpoint": self.kept_checkpoint(best),
             "error": self.error,
         }
 
+    def kept_checkpoint(self, epoch: int | None) -> str | None:
+        """The epoch's checkpoint, if Tune still keeps it (it keeps the best and the latest)."""
+        path = self.checkpoints.get(epoch)
+        return path if path and os.path.isdir(path) else None
+
     def epoch_rows(self) -> list[dict]:
         return [{"trial_id": self.trial_id, "epoch": e,
-                 **{k: m.get(k) for k in EPOCH_METRICS}, "checkpoint": self.checkpoints.get(e)}
+                 **{k: m.get(k) for k in EPOCH_METRICS}, "checkpoint": self.kept_checkpoint(e)}
                 for e, m in sorted(self.epochs.items())]
 
 
@@ -121,17 +126,21 @@ class TrialStore:
         record = self.trials.get(trial_id)
         return record is not None and record.status in FINAL_STATUSES
 
-    def record_epoch(self, trial_id: str, params: dict, metrics: dict, checkpoint: str | None,
-                     wall_seconds: float) -> None:
+    def record_epoch(self, trial_id: str, params: dict, metrics: dict, wall_seconds: float) -> None:
         record = self._record(trial_id, params)
         if record.status in FINAL_STATUSES:
             return  # a finished trial rerun after a crash: its record stands as it was
         epoch = int(metrics["epoch"])
         record.epochs[epoch] = {k: _number(metrics.get(k), int if k == "step" else float)
                                 for k in EPOCH_METRICS}
-        if checkpoint:
-            record.checkpoints[epoch] = checkpoint
         record.wall_seconds = wall_seconds
+        self.write()
+
+    def record_checkpoint(self, trial_id: str, epoch: int, path: str) -> None:
+        record = self.trials.get(trial_id)
+        if record is None or record.status in FINAL_STATUSES:
+            return
+        record.checkpoints[epoch] = path
         self.write()
 
     def record_end(self, trial_id: str, params: dict, status: str, error: str | None = None) -> None:
@@ -209,3 +218,28 @@ def read_trials(folder: Path):
 def read_epochs(folder: Path):
     """epochs.parquet as a pandas DataFrame."""
     return pq.read_table(Path(folder) / EPOCHS_FILE).to_pandas()
+
+
+def latest_experiment(storage: Path = Path("results")) -> Path:
+    """The most recently written experiment folder under `storage`."""
+    found = sorted(Path(storage).glob(f"*/{TRIALS_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        from .errors import UserError
+
+        raise UserError(f"no experiment under {storage}/ (no */{TRIALS_FILE}): run tune-adapter search "
+                        "first, or give --experiment DIR")
+    return found[-1].parent
+
+
+def open_experiment(folder: Path | None, storage: Path = Path("results")) -> tuple[Path, ExperimentInfo]:
+    """An experiment folder (the latest when None) and its description."""
+    from .errors import UserError
+
+    folder = latest_experiment(storage) if folder is None else Path(folder)
+    if not (folder / TRIALS_FILE).is_file() or not (folder / EPOCHS_FILE).is_file():
+        raise UserError(f"{folder} holds no {TRIALS_FILE} and {EPOCHS_FILE}: give the folder of a "
+                        "search (results/NAME)")
+    try:
+        return folder, read_info(folder)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{folder / TRIALS_FILE} cannot be read: {exc}") from None

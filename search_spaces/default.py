@@ -1,0 +1,22 @@
+"""The default search: per-frame teacher tokens, so every VAE scale can be scored.
+
+Optuna define-by-run: `space(trial)` suggests each hyperparameter and returns the ones
+the trainer should use (constants may be returned too). Module constants in capitals set
+defaults for `tune-adapter search` flags; flags given on the command line win.
+"""
+
+NUM_SAMPLES = 16
+MAX_EPOCHS = 10
+GRACE_PERIOD = 1
+REDUCTION_FACTOR = 3
+
+
+def space(trial):
+    return {
+        "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", [2, 4, 8]),
+        # Odd windows only: a window needs a centre frame.
+        "audio_window": trial.suggest_int("audio_window", 3, 9, step=2),
+        "vae_scale": trial.suggest_int("vae_scale", 2, 4),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-4, 1e-1, log=True),
+    }

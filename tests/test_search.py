@@ -1,0 +1,82 @@
+"""End-to-end searches on tiny dims: Ray Tune + Optuna + ASHA + the Parquet store."""
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from tune_adapter.results import read_epochs, read_info, read_trials
+from tune_adapter.search import SearchOptions, run_search
+from trainables import flaky_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "search_spaces" / "tiny.py"
+
+
+def options(tmp_path, synth, **overrides) -> SearchOptions:
+    values = dict(space=TINY, manifest=synth["train"], val_manifest=synth["val"], num_samples=4,
+                  max_epochs=3, grace_period=1, reduction_factor=2, storage=tmp_path / "results",
+                  name="tiny", quiet=True, seed=0)
+    values.update(overrides)
+    return SearchOptions(**values)
+
+
+def test_a_search_writes_one_row_per_trial(tmp_path, synth_small):
+    outcome = run_search(options(tmp_path, synth_small, num_samples=5))
+    assert outcome.complete
+    folder = outcome.experiment_dir
+    # pyarrow and pandas both read them; every parameter is its own column.
+    trials_table = pq.read_table(folder / "trials.parquet")
+    assert {"lr", "batch_size", "audio_window", "intermediate_dim"} <= set(trials_table.column_names)
+    trials = read_trials(folder)
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert len(trials) == 5 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "pruned"}
+    assert (trials["status"] == "completed").any()
+    assert sorted(trials["number"]) == list(range(5))
+    for row in trials.to_dict("records"):
+        mine = epochs[epochs["trial_id"] == row["trial_id"]]
+        assert list(mine["epoch"]) == list(range(1, row["epochs"] + 1))
+        assert row["best_val_l1"] == pytest.approx(mine["val_l1"].min())
+        assert (row["status"] == "completed") == (row["epochs"] == 3)
+        assert Path(row["best_checkpoint"], "adapter.safetensors").is_file()
+        trial_dir = Path(row["best_checkpoint"]).parent
+        assert any(p.name.startswith("events.out.tfevents") for p in trial_dir.iterdir())
+    assert read_info(folder).params == ["audio_window", "batch_size", "intermediate_dim", "lr"]
+    assert epochs["val_l1"].notna().all() and epochs["step"].dtype.kind == "i"
+
+
+def test_an_existing_experiment_needs_resume(tmp_path, synth_small):
+    from tune_adapter.errors import ConfigError
+
+    (tmp_path / "results" / "tiny").mkdir(parents=True)
+    (tmp_path / "results" / "tiny" / "stray").write_text("x")
+    with pytest.raises(ConfigError, match="--resume"):
+        run_search(options(tmp_path, synth_small))
+    with pytest.raises(ConfigError, match="no search to resume"):
+        run_search(options(tmp_path, synth_small, resume=True, name="other"))
+
+
+def test_a_failing_trial_is_retried_then_recorded(tmp_path, synth_small):
+    outcome = run_search(options(tmp_path, synth_small, num_samples=6, max_failures=2), trainable=flaky_trial)
+    trials = read_trials(outcome.experiment_dir)
+    failed = trials[trials["batch_size"] == 8]
+    assert len(failed) >= 1, "the seeded space sampled no batch size 8"
+    assert (failed["status"] == "error").all()
+    assert failed["error"].str.contains("RuntimeError: injected failure for batch size 8").all()
+    # The search went on: every other trial finished normally.
+    others = trials[trials["batch_size"] != 8]
+    assert len(trials) == 6 and set(others["status"]) <= {"completed", "pruned"}
+    attempts = list((outcome.experiment_dir.parent / "attempts").iterdir())
+    for trial_id in failed["trial_id"]:
+        assert sum(p.name.startswith(trial_id) for p in attempts) == 3  # 1 + max_failures
+
+
+def test_default_space_runs_on_the_quickstart_data(tmp_path):
+    """No --manifest: the synthetic dataset is made once under the storage folder."""
+    opts = SearchOptions(space=ROOT / "search_spaces" / "default.py", storage=tmp_path / "results",
+                         num_samples=2, max_epochs=1, grace_period=1, quiet=True)
+    outcome = run_search(opts)
+    assert outcome.complete
+    assert (tmp_path / "results" / "synth" / "train.json").is_file()
+    assert len(read_epochs(outcome.experiment_dir)) == 2

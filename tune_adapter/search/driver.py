@@ -1,0 +1,188 @@
+"""The Ray Tune driver: Optuna samples, ASHA stops, trials train, Parquet records.
+
+Ray Tune does the scheduling, the sampling (OptunaSearch), early stopping (ASHA),
+retries and resuming (`Tuner.restore`); this module only wires them to the trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..config import TrainConfig
+from ..data import TrainData, load_data
+from ..errors import ConfigError
+from ..results import ExperimentInfo, TrialStore
+from ..space import SEARCHABLE, SearchSpace, check_space, load_space, probe_space
+from .options import SearchOptions
+from .trial import TrialSetup, run_trial
+
+# Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
+# numbers it warns about are ours to read in Parquet, not the user's console.
+QUIET_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+             "RAY_AIR_NEW_OUTPUT": "0"}
+# Snapshot the experiment often: after a SIGKILL, Tune resumes from its last snapshot.
+SNAPSHOT_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
+
+
+@dataclass
+class SearchOutcome:
+    experiment_dir: Path
+    finished: int  # trials that ended (completed, pruned or error)
+    num_samples: int
+
+    @property
+    def complete(self) -> bool:
+        return self.finished >= self.num_samples
+
+
+def prepare_data(options: SearchOptions) -> TrainData:
+    manifest, val_manifest, val_fraction = options.manifest, options.val_manifest, options.val_fraction
+    if manifest is None:
+        from .quickstart import quickstart_manifests
+
+        manifest, val_manifest = quickstart_manifests(Path(options.storage))
+    return load_data(manifest, val_manifest, val_fraction, options.cache_dir)
+
+
+def experiment_info(options: SearchOptions, space: SearchSpace, params: list[str], probed) -> ExperimentInfo:
+    from optuna.distributions import distribution_to_json
+
+    return ExperimentInfo(
+        name=options.experiment_name, params=params, max_epochs=options.max_epochs,
+        num_samples=options.num_samples, space=str(space.path),
+        distributions={p: distribution_to_json(d) for p, d in probed.distributions.items()},
+    )
+
+
+def check_experiment_folder(options: SearchOptions) -> None:
+    from ray.tune import Tuner
+
+    exists = options.experiment_dir.exists()
+    if options.resume and not (exists and Tuner.can_restore(str(options.experiment_dir))):
+        raise ConfigError(f"--resume: {options.experiment_dir} holds no search to resume; drop --resume")
+    if not options.resume and exists and any(options.experiment_dir.iterdir()):
+        raise ConfigError(
+            f"{options.experiment_dir} already holds a search: add --resume to continue it, "
+            "or give --name for a new one"
+        )
+
+
+def start_ray(options: SearchOptions) -> bool:
+    """Connect to --address or start a local Ray; False when Ray was already running here."""
+    import ray
+
+    os.environ.update({k: v for k, v in {**QUIET_ENV, **SNAPSHOT_ENV}.items() if k not in os.environ})
+    if ray.is_initialized():
+        return False
+    kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
+    if options.address:
+        ray.init(address=options.address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+def trial_resources(options: SearchOptions) -> dict:
+    import ray
+
+    gpus = options.gpus_per_trial
+    if gpus is None:
+        gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return {"cpu": options.cpus_per_trial, "gpu": gpus}
+
+
+def max_concurrent(options: SearchOptions, resources: dict) -> int:
+    """Without a limit, Tune keeps only one trial pending with a custom searcher."""
+    if options.max_concurrent is not None:
+        return options.max_concurrent
+    import ray
+
+    cluster = ray.cluster_resources()
+    fits = [math.floor(cluster.get("CPU", 1) / resources["cpu"] + 1e-9)]
+    if resources["gpu"] > 0:
+        fits.append(math.floor(cluster.get("GPU", 0) / resources["gpu"] + 1e-9))
+    return max(1, min(fits + [options.num_samples]))
+
+
+def build_tuner(options: SearchOptions, space: SearchSpace, setup: TrialSetup, info: ExperimentInfo,
+                trainable: Callable, callbacks: list):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from .optuna_pruned import PrunedAwareOptunaSearch
+
+    resources = trial_resources(options)
+    wrapped = tune.with_resources(tune.with_parameters(trainable, setup=setup), resources)
+    if options.resume:
+        return tune.Tuner.restore(str(options.experiment_dir), trainable=wrapped,
+                                  resume_unfinished=True, resume_errored=False, restart_errored=False)
+    searcher = PrunedAwareOptunaSearch(space=space.function, metric=info.metric, mode=info.mode,
+                                       seed=options.seed, max_epochs=options.max_epochs)
+    scheduler = ASHAScheduler(time_attr="epoch", metric=info.metric, mode=info.mode,
+                              max_t=options.max_epochs, grace_period=options.grace_period,
+                              reduction_factor=options.reduction_factor)
+    return tune.Tuner(
+        wrapped,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=options.num_samples, reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname,
+                                    max_concurrent_trials=max_concurrent(options, resources)),
+        run_config=tune.RunConfig(
+            name=options.experiment_name, storage_path=str(options.experiment_dir.parent), verbose=0,
+            callbacks=callbacks,
+            # Tune always keeps the latest checkpoint too, so a trial can resume.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=info.metric,
+                                                    checkpoint_score_order=info.mode),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+        ),
+    )
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folders: Tune's default spells every parameter into the name."""
+    return f"trial_{trial.trial_id}"
+
+
+def trial_setup(options: SearchOptions, data: TrainData, params: list[str], base: TrainConfig) -> TrialSetup:
+    return TrialSetup(base=base, train_pack=str(data.train.root), val_pack=str(data.val.root),
+                      params=tuple(p for p in params if p in SEARCHABLE),
+                      threads=max(1, int(options.cpus_per_trial)),
+                      experiment_dir=str(options.experiment_dir))
+
+
+def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None) -> SearchOutcome:
+    """Run (or resume) a search; returns when every trial has ended or the driver is stopped."""
+    from .live import LiveTable
+    from .record import StoreCallback
+
+    space = load_space(options.space)
+    check_experiment_folder(options)
+    data = prepare_data(options)
+    probed = probe_space(space, options.seed)
+    check_space(probed, space, None if data.train.is_frame_layout() else data.train.latent_scales())
+    keys = sorted(probed.values)
+    info = experiment_info(options, space, keys, probed)
+    base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision)
+    setup = trial_setup(options, data, keys, base)
+    started = start_ray(options)
+    try:
+        store = StoreCallback(options.experiment_dir, info)
+        callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
+        build_tuner(options, space, setup, info, trainable, callbacks).fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return finish(options, info)
+
+
+def finish(options: SearchOptions, info: ExperimentInfo) -> SearchOutcome:
+    store = TrialStore(options.experiment_dir, info)
+    finished = sum(store.is_finished(t) for t in store.trials)
+    return SearchOutcome(options.experiment_dir, finished, info.num_samples)

@@ -1,0 +1,117 @@
+"""rich views of a search: a live table while it runs, the top trials when it ends."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+from ray.tune import Callback
+
+from ..results import ExperimentInfo
+
+STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if value and (abs(value) < 1e-3 or abs(value) >= 1e4) else f"{value:.4g}"
+    return str(value)
+
+
+def params_text(params: dict) -> str:
+    return "  ".join(f"{k}={format_value(v)}" for k, v in params.items())
+
+
+class LiveTable(Callback):
+    """Counts by state and the best `val_l1` so far, redrawn as results arrive."""
+
+    def __init__(self, info: ExperimentInfo, console: Console | None = None):
+        self.info = info
+        self.console = console
+        self.live: Live | None = None
+        self.best: tuple[float, str, dict] | None = None
+
+    def __getstate__(self):
+        return {"info": self.info, "console": None, "live": None, "best": None}
+
+    def setup(self, **info):
+        self.live = Live(self.render([]), console=self.console or Console(), refresh_per_second=4,
+                         transient=False)
+        self.live.start()
+
+    def state_of(self, trial) -> str:
+        if trial.status == "TERMINATED":
+            epochs = (trial.last_result or {}).get("epoch", 0)
+            return "done" if epochs >= self.info.max_epochs else "pruned"
+        return STATE_NAMES.get(trial.status, trial.status.lower())
+
+    def render(self, trials) -> Table:
+        counts = Counter(self.state_of(t) for t in trials)
+        table = Table(title=f"search {self.info.name}", title_justify="left")
+        for column in ("running", "pending", "done", "pruned", "failed", "best val_l1", "best parameters"):
+            table.add_column(column, justify="right" if column != "best parameters" else "left")
+        best_value, best_params = ("-", "")
+        if self.best is not None:
+            best_value, best_params = f"{self.best[0]:.4f}", params_text(self.best[2])
+        table.add_row(*(str(counts.get(s, 0)) for s in ("running", "pending", "done", "pruned", "failed")),
+                      best_value, best_params)
+        table.caption = f"{len(trials)} of {self.info.num_samples} trials started, max {self.info.max_epochs} epochs"
+        return table
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.info.metric)
+        if value is not None and not math.isnan(value) and (self.best is None or value < self.best[0]):
+            self.best = (value, trial.trial_id, {p: trial.config.get(p) for p in self.info.params})
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.live is not None:
+            self.live.update(self.render(trials))
+
+    def on_experiment_end(self, trials, **info):
+        if self.live is not None:
+            self.live.update(self.render(trials))
+            self.live.stop()
+            self.live.console.line()
+            self.live = None
+
+
+def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> Group:
+    """The best trials by `best_val_l1`, then their checkpoint folders (long paths wrap)."""
+    varying = [p for p in params if trials_frame[p].nunique(dropna=False) > 1] or params
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "trial", "status", *varying, "best val_l1", "val_cos", "epoch"):
+        table.add_column(column)
+    ranked = trials_frame.sort_values("best_val_l1", na_position="last").head(top).to_dict("records")
+    paths = Text()
+    for rank, row in enumerate(ranked, start=1):
+        epoch = row["best_epoch"]
+        table.add_row(
+            str(rank), row["trial_id"], row["status"], *(format_value(row[p]) for p in varying),
+            _metric(row["best_val_l1"]), _metric(row["best_val_cos"]),
+            "-" if epoch is None or _isnan(epoch) else str(int(epoch)),
+        )
+        where = row["best_checkpoint"] or row["error"] or "no checkpoint kept"
+        paths.append(f"#{rank} {row['trial_id']}: {short_path(where)}\n")
+    return Group(table, paths)
+
+
+def short_path(path: str) -> str:
+    """Relative to the working folder when below it: what a user would type."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _isnan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _metric(value) -> str:
+    return "-" if value is None or _isnan(value) else f"{value:.4f}"
+

@@ -1,0 +1,83 @@
+"""What a search runs with: one typed dataclass, resolved from flags and the space file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..errors import ConfigError
+
+BUILTIN_DEFAULTS = {
+    "num_samples": 16,
+    "max_epochs": 10,
+    "grace_period": 1,
+    "reduction_factor": 3,
+    "cpus_per_trial": 1.0,
+    "gpus_per_trial": None,  # None: 1/4 GPU per trial when the cluster has GPUs, else 0
+    "max_concurrent": None,  # None: as many as the cluster's CPUs and GPUs allow
+    "max_failures": 1,
+    "seed": 0,
+}
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    space: Path
+    manifest: Path | None = None  # None: the quickstart's synthetic dataset
+    val_manifest: Path | None = None
+    val_fraction: float | None = None
+    num_samples: int = 16
+    max_epochs: int = 10
+    grace_period: int = 1
+    reduction_factor: int = 3
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    seed: int = 0
+    storage: Path = Path("results")
+    name: str | None = None  # None: the space file's name
+    resume: bool = False
+    address: str | None = None
+    mixed_precision: bool = False
+    cache_dir: Path | None = None
+    quiet: bool = False  # no live table (tests, scripts)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        checks = {
+            "--num-samples": self.num_samples >= 1, "--max-epochs": self.max_epochs >= 1,
+            "--grace-period": 1 <= self.grace_period <= self.max_epochs,
+            "--reduction-factor": self.reduction_factor >= 2,
+            "--cpus-per-trial": self.cpus_per_trial > 0,
+            "--gpus-per-trial": self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+            "--max-concurrent": self.max_concurrent is None or self.max_concurrent >= 1,
+            "--max-failures": self.max_failures >= 0,
+        }
+        for flag, ok in checks.items():
+            if not ok:
+                value = getattr(self, flag[2:].replace("-", "_"))
+                raise ConfigError(f"{flag} {value} is out of range (grace period must lie in 1..max epochs)")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.name or self.space.stem
+
+    @property
+    def experiment_dir(self) -> Path:
+        return (Path(self.storage) / self.experiment_name).resolve()
+
+
+def resolve_options(space_defaults: dict, **flags) -> SearchOptions:
+    """Flags given on the command line win, then the space file's constants, then ours."""
+    values = {}
+    names = {f.name for f in fields(SearchOptions)}
+    for key, value in flags.items():
+        if key not in names:
+            raise TypeError(key)
+        if value is None and key in BUILTIN_DEFAULTS:
+            value = space_defaults.get(key, BUILTIN_DEFAULTS[key])
+        values[key] = value
+    for key, value in space_defaults.items():
+        values.setdefault(key, value)
+    return SearchOptions(**values)

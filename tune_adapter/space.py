@@ -1,0 +1,180 @@
+"""Search-space files: `def space(trial) -> dict`, Optuna define-by-run.
+
+A space file may also set module constants that give defaults to `tune-adapter search`
+flags (`NUM_SAMPLES = 32`, `MAX_EPOCHS = 20`, ...; see `FLAG_CONSTANTS`). Before any
+trial starts, the space is probed with recording trials and refused when it can sample a
+value the trainer cannot use, so a bad space fails in a second instead of mid-search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import random
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from .config import TrainConfig
+from .errors import ConfigError
+
+FLAG_CONSTANTS = ("NUM_SAMPLES", "MAX_EPOCHS", "GRACE_PERIOD", "REDUCTION_FACTOR",
+                  "CPUS_PER_TRIAL", "GPUS_PER_TRIAL", "MAX_CONCURRENT", "MAX_FAILURES", "SEED")
+SEARCHABLE = tuple(f.name for f in fields(TrainConfig)
+                   if f.name not in ("epochs", "device", "num_workers", "save_every", "log_every"))
+PROBE_RUNS = 64
+
+
+@dataclass
+class SearchSpace:
+    path: Path
+    module_name: str
+    function: Callable
+    defaults: dict  # flag name (lower case) -> value, from the module's constants
+
+
+def module_name_for(path: Path) -> str:
+    """A stable importable name: OptunaSearch pickles `space` by reference."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+    return f"tune_adapter_space_{stem}_{digest}"
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--space {path} does not exist: give a Python file defining space(trial)")
+    name = module_name_for(path)
+    module = sys.modules.get(name) or _import(path, name)
+    function = getattr(module, "space", None)
+    if not callable(function):
+        raise ConfigError(f"--space {path} defines no function space(trial): add one returning a dict")
+    defaults = {c.lower(): getattr(module, c) for c in FLAG_CONSTANTS if hasattr(module, c)}
+    return SearchSpace(path, name, function, defaults)
+
+
+def _import(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ConfigError(f"--space {path} fails to import: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+class RecordingTrial:
+    """Stands in for an Optuna trial: records each distribution, answers low/high/random."""
+
+    def __init__(self, pick: str, rng: random.Random):
+        self.pick, self.rng = pick, rng
+        self.distributions: dict[str, BaseDistribution] = {}
+        self.params: dict = {}
+
+    def _answer(self, name, dist, candidates):
+        self.distributions[name] = dist
+        if self.pick == "low":
+            value = candidates[0]
+        elif self.pick == "high":
+            value = candidates[-1]
+        else:
+            value = self.rng.choice(candidates)
+        self.params[name] = value
+        return value
+
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        dist = FloatDistribution(low, high, step=step, log=log)
+        return self._answer(name, dist, [low, self.rng.uniform(low, high), high])
+
+    def suggest_int(self, name, low, high, *, step=1, log=False):
+        dist = IntDistribution(low, high, step=step, log=log)
+        return self._answer(name, dist, list(range(low, high + 1, step)))
+
+    def suggest_categorical(self, name, choices):
+        dist = CategoricalDistribution(choices)
+        return self._answer(name, dist, list(choices))
+
+
+@dataclass
+class ProbedSpace:
+    distributions: dict[str, BaseDistribution]
+    values: dict[str, set]  # every value each key took in the probes (sampled or constant)
+
+    @property
+    def params(self) -> list[str]:
+        return list(self.distributions)
+
+
+def probe_space(space: SearchSpace, seed: int = 0) -> ProbedSpace:
+    """Run `space` on recording trials (lowest, highest, then random answers)."""
+    rng = random.Random(seed)
+    distributions: dict[str, BaseDistribution] = {}
+    values: dict[str, set] = {}
+    for run in range(PROBE_RUNS):
+        trial = RecordingTrial(("low", "high")[run] if run < 2 else "random", rng)
+        try:
+            returned = space.function(trial)
+        except Exception as exc:
+            raise ConfigError(f"space(trial) in {space.path} raises {type(exc).__name__}: {exc}") from None
+        if not isinstance(returned, dict):
+            raise ConfigError(f"space(trial) in {space.path} returns {type(returned).__name__}, not a dict")
+        for name, dist in trial.distributions.items():
+            if distributions.setdefault(name, dist) != dist:
+                raise ConfigError(f"{space.path}: parameter {name!r} is suggested with two different ranges")
+        for key, value in {**trial.params, **returned}.items():
+            values.setdefault(key, set()).update(_all_values(trial.distributions.get(key), value))
+    return ProbedSpace(distributions, values)
+
+
+def _all_values(dist: BaseDistribution | None, value) -> set:
+    """Every value a distribution can give (ints and categories), or its bounds (floats)."""
+    if isinstance(dist, IntDistribution):
+        return set(range(dist.low, dist.high + 1, dist.step))
+    if isinstance(dist, CategoricalDistribution):
+        return set(dist.choices)
+    if isinstance(dist, FloatDistribution):
+        return {dist.low, dist.high}
+    return {value}
+
+
+def check_space(probed: ProbedSpace, space: SearchSpace, latent_scales: list[int] | None) -> None:
+    """Refuse a space that can sample what the trainer cannot use.
+
+    `latent_scales`: the VAE scales per-latent targets fit (None for per-frame targets).
+    """
+    where = f"--space {space.path}"
+    for key in probed.values:
+        if key not in SEARCHABLE:
+            raise ConfigError(f"{where}: {key!r} is not a training option; use one of {', '.join(SEARCHABLE)}")
+    rules = {
+        "audio_window": (lambda v: isinstance(v, int) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+        "vae_scale": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+        "lr": (lambda v: isinstance(v, (int, float)) and v > 0 and math.isfinite(v), "> 0"),
+        "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        "weight_decay": (lambda v: isinstance(v, (int, float)) and v >= 0, ">= 0"),
+    }
+    for key, (ok, wanted) in rules.items():
+        bad = sorted((v for v in probed.values.get(key, ()) if not ok(v)), key=repr)
+        if bad:
+            raise ConfigError(f"{where} can sample {key}={bad[0]!r}: it must be {wanted}")
+    if latent_scales is not None:
+        scales = probed.values.get("vae_scale", {TrainConfig.vae_scale})
+        unfit = sorted(s for s in scales if s not in latent_scales)
+        if unfit:
+            raise ConfigError(
+                f"{where} can sample vae_scale={unfit[0]}, but the per-latent targets fit only "
+                f"vae-scale {', '.join(map(str, latent_scales))}: fix vae_scale in the space "
+                "(search_spaces/infinitetalk.py) or use per-frame targets"
+            )
