@@ -103,8 +103,8 @@ class TrialStore:
             self._load()
 
     def _load(self) -> None:
-        trials = pq.read_table(self.folder / TRIALS_FILE).to_pylist()
-        epochs = pq.read_table(self.folder / EPOCHS_FILE).to_pylist()
+        trials = read_table(self.folder / TRIALS_FILE).to_pylist()
+        epochs = read_table(self.folder / EPOCHS_FILE).to_pylist()
         for row in trials:
             self.trials[row["trial_id"]] = TrialRecord(
                 trial_id=row["trial_id"], params={p: row.get(p) for p in self.info.params},
@@ -203,8 +203,15 @@ def _write_atomic(path: Path, table: pa.Table) -> None:
     os.replace(staging, path)
 
 
+def read_table(path: Path) -> pa.Table:
+    """One open file handle: a search may replace the file while it is read, and a reader
+    that opens the path twice (once for the footer, once for the data) could mix two files."""
+    with open(path, "rb") as f:
+        return pq.read_table(f)
+
+
 def read_info(folder: Path) -> ExperimentInfo:
-    meta = pq.read_schema(Path(folder) / TRIALS_FILE).metadata or {}
+    meta = read_table(Path(folder) / TRIALS_FILE).schema.metadata or {}
     if METADATA_KEY not in meta:
         raise ValueError(f"{folder / TRIALS_FILE} was not written by tune-adapter")
     return ExperimentInfo(**json.loads(meta[METADATA_KEY]))
@@ -212,12 +219,12 @@ def read_info(folder: Path) -> ExperimentInfo:
 
 def read_trials(folder: Path):
     """trials.parquet as a pandas DataFrame."""
-    return pq.read_table(Path(folder) / TRIALS_FILE).to_pandas()
+    return read_table(Path(folder) / TRIALS_FILE).to_pandas()
 
 
 def read_epochs(folder: Path):
     """epochs.parquet as a pandas DataFrame."""
-    return pq.read_table(Path(folder) / EPOCHS_FILE).to_pandas()
+    return read_table(Path(folder) / EPOCHS_FILE).to_pandas()
 
 
 def latest_experiment(storage: Path = Path("results")) -> Path:

@@ -109,44 +109,52 @@ class RecordingTrial:
 
 @dataclass
 class ProbedSpace:
-    distributions: dict[str, BaseDistribution]
-    values: dict[str, set]  # every value each key took in the probes (sampled or constant)
+    distributions: dict[str, BaseDistribution]  # every parameter Optuna samples
+    returned: dict[str, set]  # every value each returned key can take
 
     @property
     def params(self) -> list[str]:
-        return list(self.distributions)
+        """Columns of a trial's parameters: the sampled names and the returned keys."""
+        return sorted(set(self.distributions) | set(self.returned))
 
 
 def probe_space(space: SearchSpace, seed: int = 0) -> ProbedSpace:
     """Run `space` on recording trials (lowest, highest, then random answers)."""
     rng = random.Random(seed)
     distributions: dict[str, BaseDistribution] = {}
-    values: dict[str, set] = {}
+    returned: dict[str, set] = {}
     for run in range(PROBE_RUNS):
         trial = RecordingTrial(("low", "high")[run] if run < 2 else "random", rng)
         try:
-            returned = space.function(trial)
+            values = space.function(trial)
         except Exception as exc:
             raise ConfigError(f"space(trial) in {space.path} raises {type(exc).__name__}: {exc}") from None
-        if not isinstance(returned, dict):
-            raise ConfigError(f"space(trial) in {space.path} returns {type(returned).__name__}, not a dict")
+        if not isinstance(values, dict):
+            raise ConfigError(f"space(trial) in {space.path} returns {type(values).__name__}, not a dict")
         for name, dist in trial.distributions.items():
             if distributions.setdefault(name, dist) != dist:
                 raise ConfigError(f"{space.path}: parameter {name!r} is suggested with two different ranges")
-        for key, value in {**trial.params, **returned}.items():
-            values.setdefault(key, set()).update(_all_values(trial.distributions.get(key), value))
-    return ProbedSpace(distributions, values)
+        for key, value in values.items():
+            returned.setdefault(key, set()).update(_possible_values(trial, key, value))
+    return ProbedSpace(distributions, returned)
 
 
-def _all_values(dist: BaseDistribution | None, value) -> set:
+def _possible_values(trial: RecordingTrial, key: str, value) -> set:
+    """A returned value and, when it is a suggestion of the same name, all it can give.
+
+    A key returned under another name than its suggestion is known only by the values the
+    probes saw: the lowest, the highest and 62 random answers.
+    """
+    return {value} | (_all_values(trial.distributions[key]) if key in trial.params else set())
+
+
+def _all_values(dist: BaseDistribution) -> set:
     """Every value a distribution can give (ints and categories), or its bounds (floats)."""
     if isinstance(dist, IntDistribution):
         return set(range(dist.low, dist.high + 1, dist.step))
     if isinstance(dist, CategoricalDistribution):
         return set(dist.choices)
-    if isinstance(dist, FloatDistribution):
-        return {dist.low, dist.high}
-    return {value}
+    return {dist.low, dist.high}
 
 
 def check_space(probed: ProbedSpace, space: SearchSpace, latent_scales: list[int] | None) -> None:
@@ -155,7 +163,7 @@ def check_space(probed: ProbedSpace, space: SearchSpace, latent_scales: list[int
     `latent_scales`: the VAE scales per-latent targets fit (None for per-frame targets).
     """
     where = f"--space {space.path}"
-    for key in probed.values:
+    for key in probed.returned:
         if key not in SEARCHABLE:
             raise ConfigError(f"{where}: {key!r} is not a training option; use one of {', '.join(SEARCHABLE)}")
     rules = {
@@ -166,11 +174,11 @@ def check_space(probed: ProbedSpace, space: SearchSpace, latent_scales: list[int
         "weight_decay": (lambda v: isinstance(v, (int, float)) and v >= 0, ">= 0"),
     }
     for key, (ok, wanted) in rules.items():
-        bad = sorted((v for v in probed.values.get(key, ()) if not ok(v)), key=repr)
+        bad = sorted((v for v in probed.returned.get(key, ()) if not ok(v)), key=repr)
         if bad:
             raise ConfigError(f"{where} can sample {key}={bad[0]!r}: it must be {wanted}")
     if latent_scales is not None:
-        scales = probed.values.get("vae_scale", {TrainConfig.vae_scale})
+        scales = probed.returned.get("vae_scale", {TrainConfig.vae_scale})
         unfit = sorted(s for s in scales if s not in latent_scales)
         if unfit:
             raise ConfigError(

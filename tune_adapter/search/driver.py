@@ -77,14 +77,33 @@ def start_ray(options: SearchOptions) -> bool:
     import ray
 
     os.environ.update({k: v for k, v in {**QUIET_ENV, **SNAPSHOT_ENV}.items() if k not in os.environ})
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return False
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
     if options.address:
+        use_local_auth_token()
         ray.init(address=options.address, **kwargs)
     else:
         ray.init(include_dashboard=False, **kwargs)
     return True
+
+
+def use_local_auth_token() -> None:
+    """Ray enables token auth for `ray start` clusters, but a driver given an explicit
+    address only uses it with RAY_AUTH_MODE=token; do what ray.init does for a cluster it
+    finds itself: use the token this machine already has, unless the user chose a mode."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def trial_resources(options: SearchOptions) -> dict:
@@ -165,7 +184,7 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
     data = prepare_data(options)
     probed = probe_space(space, options.seed)
     check_space(probed, space, None if data.train.is_frame_layout() else data.train.latent_scales())
-    keys = sorted(probed.values)
+    keys = probed.params
     info = experiment_info(options, space, keys, probed)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision)
     setup = trial_setup(options, data, keys, base)
@@ -173,16 +192,26 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
     try:
         store = StoreCallback(options.experiment_dir, info)
         callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
-        build_tuner(options, space, setup, info, trainable, callbacks).fit()
+        grid = build_tuner(options, space, setup, info, trainable, callbacks).fit()
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    return finish(options, info)
+    return finish(options, info, {Path(r.path).name.removeprefix("trial_") for r in grid})
 
 
-def finish(options: SearchOptions, info: ExperimentInfo) -> SearchOutcome:
+def finish(options: SearchOptions, info: ExperimentInfo, ray_trials: set[str]) -> SearchOutcome:
+    """Count finished trials; close the records of trials Tune lost in a crash.
+
+    After a SIGKILL, Tune resumes from its last experiment snapshot: a trial that started
+    after it is unknown to Tune and would stay 'running' in the store forever.
+    """
     store = TrialStore(options.experiment_dir, info)
-    finished = sum(store.is_finished(t) for t in store.trials)
+    if all(store.is_finished(t) for t in ray_trials):
+        for trial_id, record in list(store.trials.items()):
+            if trial_id not in ray_trials and not store.is_finished(trial_id):
+                store.record_end(trial_id, record.params, "error",
+                                 "lost: the driver died before Tune saved this trial, so it was not resumed")
+    finished = sum(store.is_finished(t) for t in ray_trials)
     return SearchOutcome(options.experiment_dir, finished, info.num_samples)

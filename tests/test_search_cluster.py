@@ -1,0 +1,118 @@
+"""Resources and clusters: fractional GPUs, --address, and resuming after SIGKILL."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from tune_adapter.results import read_epochs, read_trials
+from tune_adapter.search import SearchOptions, run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "search_spaces" / "tiny.py"
+
+
+def test_quarter_gpu_trials_run_four_at_a_time(tmp_path, synth_small, monkeypatch):
+    """One logical GPU on this CPU machine: trials asking 0.25 GPU run four at once."""
+    from trainables import barrier_trial
+
+    monkeypatch.setenv("BARRIER_TRIALS", "4")
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        opts = SearchOptions(space=TINY, manifest=synth_small["train"], val_manifest=synth_small["val"],
+                             num_samples=4, max_epochs=1, storage=tmp_path, name="gpu", quiet=True,
+                             cpus_per_trial=0.5, gpus_per_trial=0.25)
+        outcome = run_search(opts, trainable=barrier_trial)
+    finally:
+        ray.shutdown()
+    assert outcome.complete
+    trials = read_trials(outcome.experiment_dir)
+    assert list(trials["status"]) == ["completed"] * 4
+    # Each saw the GPU Tune gave it, but torch sees no CUDA here, so trials train on the CPU.
+    results = [line for line in outcome.experiment_dir.glob("trial_*/result.json")]
+    seen = [__import__("json").loads(p.read_text().splitlines()[-1]) for p in results]
+    assert [s["concurrent"] for s in seen] == [4] * 4
+    assert {s["cuda_visible_devices"] for s in seen} == {"0"}
+    assert not any(s["torch_sees_cuda"] for s in seen)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_address_joins_a_running_head(tmp_path, synth_small):
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
+    port = free_port()
+    # Unix socket paths must stay short; loopback only: Ray would otherwise advertise the
+    # machine's address for 127.0.0.1.
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tune_adapter", "search", "--space", str(TINY),
+             "--manifest", str(synth_small["train"]), "--val-manifest", str(synth_small["val"]),
+             "--num-samples", "2", "--max-epochs", "1", "--storage", str(tmp_path / "results"),
+             "--address", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = read_trials(tmp_path / "results" / "tiny")
+    assert len(trials) == 2 and set(trials["status"]) == {"completed"}
+
+
+def finished_rows(folder: Path):
+    trials = read_trials(folder)
+    return trials[trials["status"].isin(["completed", "pruned", "error"])]
+
+
+def test_resume_after_sigkill_runs_every_trial_once(tmp_path, synth_frame):
+    storage = tmp_path / "results"
+    command = [sys.executable, "-m", "tune_adapter", "search", "--space", str(TINY),
+               "--manifest", str(synth_frame["train"]), "--val-manifest", str(synth_frame["val"]),
+               "--num-samples", "8", "--max-epochs", "4", "--storage", str(storage), "--seed", "3"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    folder = storage / "tiny"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.poll() is None:
+        if (folder / "trials.parquet").is_file() and len(finished_rows(folder)) >= 3:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the search ended before it could be killed"
+    # The driver and its whole local Ray cluster die at once, as in a machine crash.
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = finished_rows(folder).set_index("trial_id")
+    epochs_before = read_epochs(folder)
+    assert len(before) < 8
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = read_trials(folder)
+    assert trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "pruned", "error"}
+    assert (trials["status"] != "error").sum() >= 8
+    # Finished trials were not run again: their rows and epochs are as they were.
+    after = trials.set_index("trial_id").loc[before.index]
+    assert (after["epochs"] == before["epochs"]).all()
+    assert (after["best_val_l1"] == before["best_val_l1"]).all()
+    epochs_after = read_epochs(folder)
+    for trial_id in before.index:
+        old = epochs_before[epochs_before["trial_id"] == trial_id]["val_l1"].tolist()
+        assert epochs_after[epochs_after["trial_id"] == trial_id]["val_l1"].tolist() == old
+    assert not epochs_after.duplicated(["trial_id", "epoch"]).any()

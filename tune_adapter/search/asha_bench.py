@@ -1,0 +1,125 @@
+"""Does ASHA pay? The same configurations searched with ASHA and trained to the end.
+
+First a search with ASHA (OptunaSearch samples, ASHA stops weak trials); then every
+configuration it tried is trained for max epochs with no early stopping (Tune's FIFO
+scheduler, the configurations given as `points_to_evaluate`). Compared: the best
+`val_l1` each finds and the epochs each spends.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..results import read_trials
+from ..space import load_space, probe_space
+from .driver import (
+    experiment_info,
+    max_concurrent,
+    prepare_data,
+    run_search,
+    start_ray,
+    trial_dirname,
+    trial_resources,
+    trial_setup,
+)
+from .options import SearchOptions
+from .record import StoreCallback
+from .trial import run_trial
+
+
+@dataclass
+class RunSummary:
+    label: str
+    best_val_l1: float
+    epochs: int
+    trials: int
+    wall_seconds: float
+
+
+@dataclass
+class AshaComparison:
+    asha: RunSummary
+    full: RunSummary
+
+    @property
+    def gap(self) -> float:
+        """How much worse ASHA's best is, relative to the unpruned best (0.03 = 3%)."""
+        return self.asha.best_val_l1 / self.full.best_val_l1 - 1
+
+    @property
+    def epoch_share(self) -> float:
+        return self.asha.epochs / self.full.epochs
+
+
+def summarize(label: str, folder: Path, seconds: float) -> RunSummary:
+    trials = read_trials(folder)
+    return RunSummary(label, float(trials["best_val_l1"].min()), int(trials["epochs"].sum()),
+                      len(trials), seconds)
+
+
+def train_without_pruning(options: SearchOptions, configs: list[dict]) -> Path:
+    """Every configuration to max epochs: FIFO scheduler, one grid point per configuration."""
+    from ray import tune
+
+    space = load_space(options.space)
+    probed = probe_space(space, options.seed)
+    data = prepare_data(options)
+    info = experiment_info(options, space, probed.params, probed)
+    setup = trial_setup(options, data, probed.params, TrainConfig(epochs=options.max_epochs))
+    started = start_ray(options)
+    try:
+        resources = trial_resources(options)
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources),
+            param_space=fixed_points(configs),
+            tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=trial_dirname,
+                                        max_concurrent_trials=max_concurrent(options, resources)),
+            run_config=tune.RunConfig(name=options.experiment_name, verbose=0,
+                                      storage_path=str(options.experiment_dir.parent),
+                                      callbacks=[StoreCallback(options.experiment_dir, info)]),
+        )
+        tuner.fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return options.experiment_dir
+
+
+def fixed_points(configs: list[dict]) -> dict:
+    """A Tune param space whose trials are exactly these configurations."""
+    from functools import partial
+
+    from ray import tune
+
+    keys = sorted({k for c in configs for k in c})
+    return {"point": tune.grid_search(list(range(len(configs)))),
+            **{k: tune.sample_from(partial(_value_at_point, configs, k)) for k in keys}}
+
+
+def _value_at_point(configs: list[dict], key: str, spec) -> object:
+    return configs[spec.config.point].get(key)
+
+
+def compare_asha(options: SearchOptions) -> AshaComparison:
+    asha_options = replace(options, name=f"{options.experiment_name}-asha", quiet=True)
+    started = time.monotonic()
+    outcome = run_search(asha_options)
+    asha = summarize("ASHA", outcome.experiment_dir, time.monotonic() - started)
+    trials = read_trials(outcome.experiment_dir)
+    params = [p for p in trials.columns if p in probe_space(load_space(options.space)).params]
+    configs = trials[params].to_dict("records")
+    full_options = replace(options, name=f"{options.experiment_name}-full", quiet=True)
+    started = time.monotonic()
+    folder = train_without_pruning(full_options, [_plain(c) for c in configs])
+    full = summarize("no pruning", folder, time.monotonic() - started)
+    return AshaComparison(asha, full)
+
+
+def _plain(config: dict) -> dict:
+    """numpy scalars from pandas back to Python numbers, as the trainer's config wants."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
