@@ -80,3 +80,35 @@ def test_default_space_runs_on_the_quickstart_data(tmp_path):
     assert outcome.complete
     assert (tmp_path / "results" / "synth" / "train.json").is_file()
     assert len(read_epochs(outcome.experiment_dir)) == 2
+
+
+def test_search_results_and_best_commands(tmp_path, synth_small):
+    import io
+    import json
+
+    from typer.testing import CliRunner
+
+    from tune_adapter.cli import app
+
+    runner = CliRunner()
+    storage = tmp_path / "results"
+    result = runner.invoke(app, [
+        "search", "--space", str(TINY), "--manifest", str(synth_small["train"]),
+        "--val-manifest", str(synth_small["val"]), "--num-samples", "3", "--max-epochs", "2",
+        "--storage", str(storage), "--name", "cli"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    for text in ("search cli", "running", "pending", "done", "pruned", "failed", "best val_l1",
+                 "top 5 trials", "trials.parquet"):
+        assert text in result.output
+    folder = storage / "cli"
+    csv = runner.invoke(app, ["results", "--experiment", str(folder), "--format", "csv"])
+    assert csv.exit_code == 0
+    frame = pd.read_csv(io.StringIO(csv.stdout))
+    assert len(frame) == 3 and {"trial_id", "lr", "best_val_l1"} <= set(frame.columns)
+    epochs = runner.invoke(app, ["results", "--experiment", str(folder), "--epochs", "--format", "json"])
+    rows = json.loads(epochs.stdout)
+    assert {r["trial_id"] for r in rows} == set(frame["trial_id"]) and all("val_l1" in r for r in rows)
+    best = runner.invoke(app, ["best", "--experiment", str(folder), "--top", "2"], env={"COLUMNS": "160"})
+    assert best.exit_code == 0 and "top 2 trials" in best.output
+    winner = frame.sort_values("best_val_l1").iloc[0]
+    assert f"#1 {winner['trial_id']}" in best.output

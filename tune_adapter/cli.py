@@ -246,7 +246,8 @@ def best(
     from .search.live import top_trials_table
 
     folder, info = open_experiment(experiment)
-    console.print(top_trials_table(read_trials(folder), info.params, top, f"{folder}: top {top} trials"))
+    console.print(f"experiment {folder}", soft_wrap=True)
+    console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
 
 
 def main() -> None:

@@ -84,7 +84,10 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
     """The best trials by `best_val_l1`, then their checkpoint folders (long paths wrap)."""
     varying = [p for p in params if trials_frame[p].nunique(dropna=False) > 1] or params
     table = Table(title=title, title_justify="left")
-    for column in ("#", "trial", "status", *varying, "best val_l1", "val_cos", "epoch"):
+    table.add_column("#")
+    table.add_column("trial", no_wrap=True, min_width=8)
+    table.add_column("status", no_wrap=True, min_width=9)
+    for column in (*varying, "best val_l1", "val_cos", "epoch"):
         table.add_column(column)
     ranked = trials_frame.sort_values("best_val_l1", na_position="last").head(top).to_dict("records")
     paths = Text()
