@@ -156,5 +156,68 @@ def check(
     console.print(pack_summary(pack, f"{manifest}: valid"))
 
 
+@app.command()
+@user_errors
+def extract(
+    audio_dir: Annotated[Path, typer.Option(help="Folder of speech .wav files (subfolders too)")],
+    wav2vec_dir: Annotated[Path, typer.Option(help="Local wav2vec2 folder, e.g. weights/chinese-wav2vec2-base")],
+    teacher: Annotated[Path, typer.Option(help="InfiniteTalk weights holding audio_proj.*, e.g. weights/InfiniteTalk/single/infinitetalk.safetensors")],
+    out: Annotated[Path, typer.Option(help="Dataset folder: clips/, train.json (val.json)")],
+    layout: Annotated[str, typer.Option(help="latent ([n_lat, K, D] tokens, as InfiniteTalk emits) or frame ([T, K, D])")] = "latent",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    val_fraction: Annotated[Optional[float], typer.Option(help="Also write val.json with this fraction of clips (by path hash)")] = None,
+):
+    """WAV files -> InfiniteTalk's wav2vec2 frame embeddings + its adapter's tokens, and manifests."""
+    try:
+        from .extract import ExtractConfig, extract as run_extract
+        from .extract_view import ExtractProgressBar, extract_summary, skipped_table
+        from .wav2vec import quiet_transformers
+    except ImportError as exc:
+        raise UserError(
+            f"tune-adapter extract needs the [extract] extra ({exc.name} is missing): "
+            'pip install -e ".[extract]"'
+        ) from None
+    from .display import console
+
+    quiet_transformers()
+    config = ExtractConfig(audio_dir=audio_dir, wav2vec_dir=wav2vec_dir, teacher=teacher, out=out,
+                           layout=layout, device=device, val_fraction=val_fraction)
+    with ExtractProgressBar() as bar:
+        result = run_extract(config, bar)
+    console.print(extract_summary(result))
+    if result.skipped:
+        console.print(skipped_table(result))
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint folder, or a train --output-dir (its newest checkpoint)")],
+    out: Annotated[Path, typer.Option(help="Folder for audio_proj.safetensors and adapter_config.json")],
+    merge_into: Annotated[Optional[Path], typer.Option(help="InfiniteTalk weights file to copy with audio_proj.* replaced")] = None,
+    merged_file: Annotated[Optional[Path], typer.Option(help="Where the merged copy goes [default: OUT/<name of --merge-into>]")] = None,
+    allow_config_change: Annotated[bool, typer.Option(help="Merge even when W or S change audio_proj's shapes (writes the config InfiniteTalk then needs)")] = False,
+):
+    """Export a trainer checkpoint as InfiniteTalk's audio_proj (and merge it into its weights)."""
+    from .checkpoint import latest_checkpoint
+    from .display import console
+    from .errors import ConfigError
+    from .export import checkpoint_info, export_adapter, merge_into as merge, merged_path
+
+    try:
+        folder = latest_checkpoint(checkpoint)
+    except ConfigError:
+        raise ConfigError(f"--checkpoint {checkpoint}: no checkpoint there (nor under its checkpoints/)") from None
+    exported = export_adapter(folder, out, checkpoint_info(folder))
+    console.print(f"exported {folder} -> {exported}", soft_wrap=True)
+    if merge_into is not None:
+        target = merged_file or merged_path(out, merge_into)
+        with console.status(f"writing {target}"):
+            messages = merge(exported, merge_into, target, allow_config_change)
+        for message in messages:
+            console.print(message, soft_wrap=True)
+        console.print(f"merged: {target}", soft_wrap=True)
+
+
 def main() -> None:
     app()
