@@ -112,7 +112,7 @@ def test_allow_config_change_writes_the_merge_and_the_config_it_needs(tmp_path):
     assert any("vae scale S is 2" in m and "implies 4" in m for m in messages)
     note = json.loads((tmp_path / "merged.infinitetalk_config.json").read_text())
     assert note["add_to_ckpt_dir_config_json"]["audio_window"] == 3
-    assert note["differs_from_infinitetalk"]["vae_scale"] == 2
+    assert note["differs_from_target_file"] == {"audio_window": 3, "vae_scale": 2}
     before, after = raw_tensor_bytes(target), raw_tensor_bytes(merged)
     for name in OTHER_TENSORS:
         assert after[name] == before[name]
@@ -173,6 +173,7 @@ def test_cli_export_refusal_is_one_line(tmp_path):
     refused = runner.invoke(app, args)
     assert refused.exit_code == 2
     assert refused.stderr.count("\n") == 1 and "audio_proj.proj1.weight" in refused.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written
     allowed = runner.invoke(app, [*args, "--allow-config-change"])
     assert allowed.exit_code == 0, allowed.output
     assert "infinitetalk_config.json" in allowed.output

@@ -13,6 +13,14 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     staging = path.with_name(f".{path.name}.tmp")
     try:
         write(staging)
+        # Some writers (safetensors) create 0600 files; give it the mode a plain open() would.
+        os.chmod(staging, 0o666 & ~_umask())
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -202,22 +202,26 @@ def export(
     from .checkpoint import latest_checkpoint
     from .display import console
     from .errors import ConfigError
-    from .export import checkpoint_info, export_adapter, merge_into as merge, merged_path
+    from .export import (checkpoint_info, export_adapter, merged_path, plan_merge,
+                         read_checkpoint_adapter, write_merge)
 
     try:
         folder = latest_checkpoint(checkpoint)
     except ConfigError:
         raise ConfigError(f"--checkpoint {checkpoint}: no checkpoint there (nor under its checkpoints/)") from None
+    plan = None
+    if merge_into is not None:  # checked first, so a refused merge writes nothing
+        dims, tensors = read_checkpoint_adapter(folder)
+        plan = plan_merge(dims, tensors, merge_into, merged_file or merged_path(out, merge_into),
+                          allow_config_change)
     exported = export_adapter(folder, out, checkpoint_info(folder))
     console.print(f"exported {folder} -> {exported}", soft_wrap=True)
-    if merge_into is not None:
-        target = merged_file or merged_path(out, merge_into)
-        with console.status(f"writing {target}"):
-            messages = merge(exported, merge_into, target, allow_config_change)
+    if plan is not None:
+        with console.status(f"writing {plan.out_file}"):
+            messages = write_merge(plan)
         for message in messages:
             console.print(message, soft_wrap=True)
-        console.print(f"merged: {target}", soft_wrap=True)
-
+        console.print(f"merged: {plan.out_file}", soft_wrap=True)
 
 def main() -> None:
     app()

@@ -8,6 +8,7 @@ InfiniteTalk weights file with those tensors replaced and all others byte-identi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,20 +27,26 @@ CONFIG_FILE = "adapter_config.json"
 INFINITETALK_DIMS = AdapterDims()
 
 
-def export_adapter(checkpoint_dir: Path, out_dir: Path, info: dict) -> Path:
-    """Write `out_dir/audio_proj.safetensors` and `out_dir/adapter_config.json`; returns out_dir."""
-    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+def read_checkpoint_adapter(checkpoint_dir: Path) -> tuple[AdapterDims, dict[str, torch.Tensor]]:
+    """A trainer checkpoint's dims and its tensors under InfiniteTalk's `audio_proj.` keys."""
+    checkpoint_dir = Path(checkpoint_dir)
     if not is_checkpoint(checkpoint_dir):
         raise ConfigError(f"{checkpoint_dir} is not a checkpoint (no {STATE_FILE} and {ADAPTER_FILE})")
     dims = AdapterDims.from_json(json.loads((checkpoint_dir / STATE_FILE).read_text())["dims"])
     weights = load_file(checkpoint_dir / ADAPTER_FILE)
     AudioProjModel(dims).load_state_dict(weights, strict=True)  # refuse a checkpoint that does not fit
+    return dims, {PREFIX + k: v.contiguous() for k, v in weights.items()}
+
+
+def export_adapter(checkpoint_dir: Path, out_dir: Path, info: dict) -> Path:
+    """Write `out_dir/audio_proj.safetensors` and `out_dir/adapter_config.json`; returns out_dir."""
+    dims, tensors = read_checkpoint_adapter(checkpoint_dir)
     clash = set(info) & set(dims.to_json())
     if clash:
         raise ValueError(f"export info must not redefine the adapter's dims: {sorted(clash)}")
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefixed = {PREFIX + k: v.contiguous() for k, v in weights.items()}
-    atomic_write(out_dir / WEIGHTS_FILE, lambda p: save_file(prefixed, p, metadata={"format": "pt"}))
+    atomic_write(out_dir / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     config = {**dims.to_json(), "key_prefix": PREFIX, "weights": WEIGHTS_FILE, **info}
     atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=1, default=str)))
     return out_dir
@@ -81,14 +88,24 @@ def load_exported(out_dir: Path) -> AudioProjModel:
     return model
 
 
-def merge_into(export: Path, infinitetalk_file: Path, out_file: Path,
-               allow_config_change: bool = False) -> list[str]:
-    """Copy `infinitetalk_file` to `out_file` with its `audio_proj.*` tensors replaced.
+@dataclass
+class MergePlan:
+    """A checked merge: what replaces what, and what to tell the user. Nothing written yet."""
 
-    Returns messages for the user (warnings, files written besides `out_file`).
-    """
+    infinitetalk_file: Path
+    out_file: Path
+    dims: AdapterDims
+    target_dims: AdapterDims | None  # what the target's shapes imply; None if they do not parse
+    replace: dict[str, torch.Tensor]  # in the target's dtype
+    drop: set[str]
+    shapes_change: bool
+    messages: list[str] = field(default_factory=list)
+
+
+def plan_merge(dims: AdapterDims, tensors: dict[str, torch.Tensor], infinitetalk_file: Path,
+               out_file: Path, allow_config_change: bool = False) -> MergePlan:
+    """Check a merge of `audio_proj.*` tensors into an InfiniteTalk file; raises ConfigError."""
     infinitetalk_file, out_file = Path(infinitetalk_file), Path(out_file)
-    dims, tensors, _ = read_export(export)
     if not infinitetalk_file.is_file():
         raise ConfigError(f"--merge-into {infinitetalk_file} does not exist: give InfiniteTalk's weights file")
     if out_file.resolve() == infinitetalk_file.resolve():
@@ -96,24 +113,43 @@ def merge_into(export: Path, infinitetalk_file: Path, out_file: Path,
     target = {e.name: e for e in read_layout(infinitetalk_file).entries if e.name.startswith(PREFIX)}
     if not target:
         raise ConfigError(f"{infinitetalk_file} has no {PREFIX}* tensors: is it InfiniteTalk's weights file?")
-    messages = _window_warnings(dims, target)
     mismatch = _first_mismatch(tensors, target)
     if mismatch and not allow_config_change:
         raise ConfigError(
             f"{mismatch} in {infinitetalk_file}: InfiniteTalk could not load the merged file "
             "with its current config; pass --allow-config-change to write it with the config it needs"
         )
+    implied = target_dims(target, dims.layers, dims.channels)
+    # Stored in the target's dtype: InfiniteTalk casts every weight to its own dtype anyway.
     dtype = TORCH_DTYPE.get(next(iter(target.values())).dtype, torch.float32)
     replace = {name: t.to(TORCH_DTYPE.get(target[name].dtype, dtype) if name in target else dtype)
                for name, t in tensors.items()}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    write_replaced(infinitetalk_file, out_file, replace, drop=set(target) - set(tensors))
+    plan = MergePlan(infinitetalk_file, out_file, dims, implied, replace,
+                     set(target) - set(tensors), mismatch is not None)
+    plan.messages += _window_warnings(dims, implied)
     if any(t.dtype != tensors[n].dtype for n, t in replace.items()):
-        messages.append(f"the adapter was stored as {next(iter(replace.values())).dtype} to match "
-                        f"{infinitetalk_file.name} (InfiniteTalk casts to its own dtype when loading)")
-    if mismatch:
-        messages.append(f"wrote {_write_config_note(dims, out_file)}: the config InfiniteTalk needs for this adapter")
+        plan.messages.append(f"the adapter was stored as {dtype} to match {infinitetalk_file.name} "
+                             "(InfiniteTalk casts to its own dtype when loading)")
+    return plan
+
+
+def write_merge(plan: MergePlan) -> list[str]:
+    """Write the planned copy (and, when shapes change, the config note); returns messages."""
+    plan.out_file.parent.mkdir(parents=True, exist_ok=True)
+    write_replaced(plan.infinitetalk_file, plan.out_file, plan.replace, plan.drop)
+    messages = list(plan.messages)
+    if plan.shapes_change:
+        note = _write_config_note(plan.dims, plan.target_dims, plan.out_file)
+        messages.append(f"wrote {note}: the config InfiniteTalk needs for this adapter")
     return messages
+
+
+def merge_into(export: Path, infinitetalk_file: Path, out_file: Path,
+               allow_config_change: bool = False) -> list[str]:
+    """Copy `infinitetalk_file` to `out_file` with its `audio_proj.*` tensors replaced by an
+    export's; every other tensor byte-identical. Returns messages for the user."""
+    dims, tensors, _ = read_export(export)
+    return write_merge(plan_merge(dims, tensors, infinitetalk_file, out_file, allow_config_change))
 
 
 def _first_mismatch(tensors: dict[str, torch.Tensor], target: dict) -> str | None:
@@ -135,8 +171,7 @@ def target_dims(target: dict, layers: int, channels: int) -> AdapterDims | None:
         return None
 
 
-def _window_warnings(dims: AdapterDims, target: dict) -> list[str]:
-    implied = target_dims(target, dims.layers, dims.channels)
+def _window_warnings(dims: AdapterDims, implied: AdapterDims | None) -> list[str]:
     if implied is None:
         return [f"cannot tell W and S from the target's {PREFIX}* shapes (L={dims.layers}, C={dims.channels})"]
     warnings = []
@@ -147,7 +182,7 @@ def _window_warnings(dims: AdapterDims, target: dict) -> list[str]:
     return warnings
 
 
-def _write_config_note(dims: AdapterDims, out_file: Path) -> Path:
+def _write_config_note(dims: AdapterDims, target: AdapterDims | None, out_file: Path) -> Path:
     """The WanModel settings the merged file needs, for the user to apply to InfiniteTalk."""
     note = out_file.with_name(f"{out_file.stem}.infinitetalk_config.json")
     wan_kwargs = {
@@ -155,10 +190,11 @@ def _write_config_note(dims: AdapterDims, out_file: Path) -> Path:
         "intermediate_dim": dims.intermediate_dim, "context_tokens": dims.context_tokens,
         "output_dim": dims.output_dim, "norm_output_audio": dims.norm_output_audio,
     }
-    changed = {k: v for k, v in wan_kwargs.items() if v != getattr(INFINITETALK_DIMS, k)}
+    before = target or INFINITETALK_DIMS
+    changed = {k: v for k, v in wan_kwargs.items() if v != getattr(before, k)}
     content = {
         "add_to_ckpt_dir_config_json": wan_kwargs,
-        "differs_from_infinitetalk": changed,
+        "differs_from_target_file": changed,
         "notes": [
             "InfiniteTalk builds WanModel(**json.load(<--ckpt_dir>/config.json)): add these keys there.",
             "wan/multitalk.py builds the per-frame audio window as "
