@@ -23,7 +23,7 @@ from .data.manifest import ClipEntry, split_validation
 from .errors import ConfigError, DataError
 from .runtime import resolve_device
 from .teacher import LAYOUTS, load_teacher, teacher_tokens
-from .wav2vec import frame_count, frame_embeddings, load_audio_encoder
+from .wav2vec import frame_embeddings, load_audio_encoder
 
 CLIPS_DIR = "clips"
 SETTINGS_FILE = "extract.json"
@@ -37,7 +37,7 @@ class ExtractConfig:
     teacher: Path
     out: Path
     layout: str = "latent"
-    device: str = "cpu"
+    device: str = "auto"
     val_fraction: float | None = None
 
 
@@ -117,29 +117,30 @@ def extract(config: ExtractConfig, progress: ExtractProgress | None = None) -> E
     done: list[ClipFiles] = []
     for wav in wavs:
         clip = clip_files(config.audio_dir, wav)
-        if (config.out / clip.target).is_file() and (config.out / clip.audio).is_file():
-            result.resumed.append(clip.name)
+        status = process_clip(clip, config, encoder, teacher, result)
+        if status != "skipped":
             done.append(clip)
-            progress.clip_done(clip.name, "resumed")
-            continue
-        try:
-            extract_clip(clip, config, encoder, teacher)
-        except AudioError as exc:
-            result.skipped.append((clip.name, str(exc)))
-            progress.clip_done(clip.name, "skipped")
-            continue
-        result.extracted.append(clip.name)
-        done.append(clip)
-        progress.clip_done(clip.name, "extracted")
+        progress.clip_done(clip.name, status)
     result.manifests = write_manifests(done, config)
     return result
 
 
+def process_clip(clip: ClipFiles, config: ExtractConfig, encoder, teacher, result: ExtractResult) -> str:
+    """Extract one clip unless an earlier run finished it; records and returns what happened."""
+    if (config.out / clip.target).is_file() and (config.out / clip.audio).is_file():
+        result.resumed.append(clip.name)
+        return "resumed"
+    try:
+        extract_clip(clip, config, encoder, teacher)
+    except AudioError as exc:
+        result.skipped.append((clip.name, str(exc)))
+        return "skipped"
+    result.extracted.append(clip.name)
+    return "extracted"
+
+
 def extract_clip(clip: ClipFiles, config: ExtractConfig, encoder, teacher) -> None:
-    speech = load_speech(clip.wav)
-    if frame_count(len(speech)) < 1:
-        raise AudioError("shorter than one video frame (40 ms)")
-    audio = frame_embeddings(speech, encoder)
+    audio = frame_embeddings(load_speech(clip.wav), encoder)
     tokens = teacher_tokens(teacher, audio, config.layout)
     (config.out / clip.audio).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(config.out / clip.audio, lambda p: torch.save(audio, p))
