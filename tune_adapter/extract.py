@@ -22,7 +22,7 @@ from .audio_io import AudioError, load_speech
 from .data.manifest import ClipEntry, split_validation
 from .errors import ConfigError, DataError
 from .runtime import resolve_device
-from .teacher import LAYOUTS, load_teacher, teacher_tokens
+from .teacher import LAYOUTS, load_teacher, read_adapter_tensors, teacher_tokens
 from .wav2vec import frame_embeddings, load_audio_encoder
 
 CLIPS_DIR = "clips"
@@ -109,8 +109,9 @@ def extract(config: ExtractConfig, progress: ExtractProgress | None = None) -> E
         raise ConfigError(f"--val-fraction {config.val_fraction} must lie strictly between 0 and 1")
     device = resolve_device(config.device)
     wavs = find_wavs(config.audio_dir)
+    tensors = read_adapter_tensors(config.teacher)  # first: it fails faster than a model load
     encoder = load_audio_encoder(config.wav2vec_dir, device)
-    teacher = load_teacher(config.teacher, encoder.layers, encoder.channels, device)
+    teacher = load_teacher(config.teacher, tensors, encoder.layers, encoder.channels, device)
     check_settings(config, teacher.dims)
     result = ExtractResult(teacher.dims)
     progress.started(len(wavs), teacher.dims)

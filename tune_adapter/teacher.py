@@ -34,9 +34,10 @@ def read_adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_teacher(path: Path, layers: int, channels: int, device: torch.device) -> AudioProjModel:
-    """The teacher adapter in float32; W, S, I, K, D and the norm come from its shapes."""
-    tensors = read_adapter_tensors(path)
+def load_teacher(path: Path, tensors: dict[str, torch.Tensor], layers: int, channels: int,
+                 device: torch.device) -> AudioProjModel:
+    """The teacher adapter in float32 from `read_adapter_tensors(path)`; W, S, I, K, D and
+    the norm come from its shapes, L and C from the wav2vec2 model."""
     try:
         dims = dims_from_state_dict(tensors, layers=layers, channels=channels)
     except (KeyError, ValueError) as exc:
