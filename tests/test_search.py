@@ -5,7 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from tune_adapter.data import load_data
+from tune_adapter.export import load_exported
 from tune_adapter.results import read_epochs, read_info, read_trials
+from tune_adapter.trainer import evaluate_pack
 from tune_adapter.search import SearchOptions, run_search
 from trainables import flaky_trial
 
@@ -112,3 +115,16 @@ def test_search_results_and_best_commands(tmp_path, synth_small):
     assert best.exit_code == 0 and "top 2 trials" in best.output
     winner = frame.sort_values("best_val_l1").iloc[0]
     assert f"#1 {winner['trial_id']}" in best.output
+
+    # The winner, exported, loads strictly into a fresh model and scores what the trial scored.
+    out = tmp_path / "export"
+    exported = runner.invoke(app, ["best", "--experiment", str(folder), "--export", str(out)])
+    assert exported.exit_code == 0, exported.output
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["trial_id"] == winner["trial_id"]
+    assert config["audio_window"] == winner["audio_window"]
+    model = load_exported(out)  # strict=True
+    val = load_data(synth_small["val"], synth_small["val"]).val
+    metrics = evaluate_pack(model, val)
+    for key in ("val_l1", "val_mse", "val_cos"):
+        assert metrics[key] == pytest.approx(winner[f"best_{key}"], rel=1e-5)

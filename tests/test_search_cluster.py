@@ -102,7 +102,8 @@ def test_resume_after_sigkill_runs_every_trial_once(tmp_path, synth_frame):
     assert len(before) < 8
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=400)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    if resumed.returncode != 0:
+        pytest.fail(f"resume exited {resumed.returncode}:\n{resumed.stdout[-4000:]}\n{resumed.stderr[-4000:]}")
     trials = read_trials(folder)
     assert trials["trial_id"].is_unique
     assert set(trials["status"]) <= {"completed", "pruned", "error"}

@@ -213,6 +213,39 @@ Experiment = Annotated[
 
 @app.command()
 @user_errors
+def extract(
+    audio_dir: Annotated[Path, typer.Option(help="Folder of speech .wav files (subfolders too)")],
+    wav2vec_dir: Annotated[Path, typer.Option(help="Local wav2vec2 folder, e.g. weights/chinese-wav2vec2-base")],
+    teacher: Annotated[Path, typer.Option(help="InfiniteTalk weights holding audio_proj.*, e.g. weights/InfiniteTalk/single/infinitetalk.safetensors")],
+    out: Annotated[Path, typer.Option(help="Dataset folder: clips/, train.json (val.json)")],
+    layout: Annotated[str, typer.Option(help="latent ([n_lat, K, D] tokens, as InfiniteTalk emits) or frame ([T, K, D])")] = "latent",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    val_fraction: Annotated[Optional[float], typer.Option(help="Also write val.json with this fraction of clips (by path hash)")] = None,
+):
+    """WAV files -> InfiniteTalk's wav2vec2 frame embeddings + its adapter's tokens, and manifests."""
+    try:
+        from .extract import ExtractConfig, extract as run_extract
+        from .extract_view import ExtractProgressBar, extract_summary, skipped_table
+        from .wav2vec import quiet_transformers
+    except ImportError as exc:
+        raise UserError(
+            f"tune-adapter extract needs the [extract] extra ({exc.name} is missing): "
+            'pip install -e ".[extract]"'
+        ) from None
+    from .display import console
+
+    quiet_transformers()
+    config = ExtractConfig(audio_dir=audio_dir, wav2vec_dir=wav2vec_dir, teacher=teacher, out=out,
+                           layout=layout, device=device, val_fraction=val_fraction)
+    with ExtractProgressBar() as bar:
+        result = run_extract(config, bar)
+    console.print(extract_summary(result))
+    if result.skipped:
+        console.print(skipped_table(result))
+
+
+@app.command()
+@user_errors
 def results(
     experiment: Experiment = None,
     epochs: Annotated[bool, typer.Option("--epochs", help="One row per trial per epoch")] = False,
@@ -234,20 +267,85 @@ def results(
         console.print(frame_table(frame, title=str(folder)))
 
 
+MergeInto = Annotated[Optional[Path], typer.Option(help="InfiniteTalk weights file to copy with audio_proj.* replaced")]
+MergedFile = Annotated[Optional[Path], typer.Option(help="Where the merged copy goes [default: OUT/<name of --merge-into>]")]
+AllowConfigChange = Annotated[bool, typer.Option(help="Merge even when W or S change audio_proj's shapes (writes the config InfiniteTalk then needs)")]
+
+
 @app.command()
 @user_errors
 def best(
     experiment: Experiment = None,
     top: Annotated[int, typer.Option(help="Trials to list")] = 5,
+    export: Annotated[Optional[Path], typer.Option(help="Export the best trial's best checkpoint here")] = None,
+    merge_into: MergeInto = None,
+    merged_file: MergedFile = None,
+    allow_config_change: AllowConfigChange = False,
 ):
-    """The best trials of an experiment, and their checkpoints."""
+    """The best trials of an experiment; with --export, the winner as InfiniteTalk weights."""
     from .display import console
-    from .results import open_experiment, read_trials
+    from .results import best_trial, open_experiment, read_trials
     from .search.live import top_trials_table
 
     folder, info = open_experiment(experiment)
+    trials = read_trials(folder)
     console.print(f"experiment {folder}", soft_wrap=True)
-    console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
+    console.print(top_trials_table(trials, info.params, top, f"top {top} trials"))
+    if export is None:
+        if merge_into is not None:
+            raise UserError("--merge-into needs --export DIR (the merged copy is written there)")
+        return
+    winner = best_trial(trials, folder)
+    record = {"experiment": str(folder), "trial_id": winner["trial_id"], "status": winner["status"],
+              "best_epoch": winner["best_epoch"], "parameters": {p: winner[p] for p in info.params},
+              "metrics": {k: winner[f"best_{k}"] for k in ("val_l1", "val_mse", "val_cos")}}
+    write_export(Path(winner["best_checkpoint"]), export, record, merge_into, merged_file, allow_config_change)
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint folder, or a train --output-dir (its newest checkpoint)")],
+    out: Annotated[Path, typer.Option(help="Folder for audio_proj.safetensors and adapter_config.json")],
+    merge_into: MergeInto = None,
+    merged_file: MergedFile = None,
+    allow_config_change: AllowConfigChange = False,
+):
+    """Export a trainer checkpoint as InfiniteTalk's audio_proj (and merge it into its weights)."""
+    from .checkpoint import latest_checkpoint
+    from .errors import ConfigError
+    from .export import checkpoint_info
+
+    try:
+        folder = latest_checkpoint(checkpoint)
+    except ConfigError:
+        raise ConfigError(f"--checkpoint {checkpoint}: no checkpoint there (nor under its checkpoints/)") from None
+    write_export(folder, out, checkpoint_info(folder), merge_into, merged_file, allow_config_change)
+
+
+def write_export(folder: Path, out: Path, info: dict, merge_into: Path | None,
+                 merged_file: Path | None, allow_config_change: bool) -> None:
+    """Export a checkpoint (and merge it); a refused merge is found before anything is written."""
+    from .display import console
+    from .export import (export_adapter, merged_path, plan_merge, read_checkpoint_adapter,
+                         window_warnings, write_merge)
+
+    dims, tensors = read_checkpoint_adapter(folder)
+    plan = None
+    if merge_into is not None:
+        plan = plan_merge(dims, tensors, merge_into, merged_file or merged_path(out, merge_into),
+                          allow_config_change)
+    exported = export_adapter(folder, out, info)
+    console.print(f"exported {folder} -> {exported}", soft_wrap=True)
+    if plan is None:
+        for message in window_warnings(dims):
+            console.print(f"[yellow]{message}", soft_wrap=True)
+        return
+    with console.status(f"writing {plan.out_file}"):
+        messages = write_merge(plan)
+    for message in messages:
+        console.print(message, soft_wrap=True)
+    console.print(f"merged: {plan.out_file}", soft_wrap=True)
 
 
 def main() -> None:

@@ -250,3 +250,13 @@ def open_experiment(folder: Path | None, storage: Path = Path("results")) -> tup
         return folder, read_info(folder)
     except (ValueError, OSError) as exc:
         raise UserError(f"{folder / TRIALS_FILE} cannot be read: {exc}") from None
+
+
+def best_trial(trials, folder: Path) -> dict:
+    """The trial with the lowest `best_val_l1` whose best checkpoint Tune still keeps."""
+    from .errors import UserError
+
+    kept = trials[trials["best_checkpoint"].notna()].sort_values("best_val_l1")
+    if kept.empty:
+        raise UserError(f"no trial in {folder} has a checkpoint yet: wait for the search to report")
+    return kept.iloc[0].to_dict()

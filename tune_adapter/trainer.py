@@ -164,16 +164,8 @@ class Run:
             self.optimizer.step()
         return loss
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        self.model.eval()
-        sums = MetricSums()
-        for batch in self.val_loader:
-            batch = batch.to(self.runtime.device, non_blocking=True)
-            with self.runtime.autocast():
-                pred = self.model(batch.first, batch.latter)
-            sums.add(pred, batch.targets, batch.positions, batch.mask, batch.weights)
-        return sums.means()
+        return evaluate(self.model, self.val_loader, self.runtime)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "history": self.history,
@@ -182,6 +174,27 @@ class Run:
 
     def save(self, folder: Path) -> Path:
         return save_checkpoint(folder, self.model, self.optimizer, self.scaler, self.state())
+
+
+@torch.no_grad()
+def evaluate(model: AudioProjModel, batches, runtime: Runtime) -> dict[str, float]:
+    """`val_l1`, `val_mse`, `val_cos` of a model over batches (the same in every trial)."""
+    model.eval()
+    sums = MetricSums()
+    for batch in batches:
+        batch = batch.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            pred = model(batch.first, batch.latter)
+        sums.add(pred, batch.targets, batch.positions, batch.mask, batch.weights)
+    return sums.means()
+
+
+def evaluate_pack(model: AudioProjModel, pack: PackedClips, batch_size: int = 8) -> dict[str, float]:
+    """Validation metrics of a model (e.g. an exported one) on a pack, in float32 on the CPU."""
+    spec = WindowSpec(model.dims.audio_window, model.dims.vae_scale)
+    gatherer = BatchGatherer(pack, spec, pack.layout_for(spec.vae_scale))
+    batches = (gatherer[b] for b in BatchSampler(pack.frames, batch_size, shuffle=False))
+    return evaluate(model, batches, resolve_runtime("cpu", False))
 
 
 def train(
