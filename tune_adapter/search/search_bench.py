@@ -1,0 +1,110 @@
+"""What a search costs beyond its trainers: memory of concurrent trials, time outside them.
+
+A real search runs (two trials at once on two cores by default) while a sampler thread on
+the driver reads the memory of every trial process from `/proc`: RSS, and PSS, which counts
+pages shared between processes (the memory-mapped pack, shared libraries) once in total
+instead of once per process. The time outside the trainers is the search's wall time times
+its concurrent slots, less the time the trainers spent in their epochs (training and
+validation), as a fraction: Ray start-up, scheduling, actor start, checkpoint I/O and idle
+slots all count as outside.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..results import read_epochs
+from .driver import run_search
+from .options import SearchOptions
+
+TRIAL_PROCESS = b"ImplicitFunc"  # Ray names a function trainable's actor process so
+
+
+@dataclass
+class MemorySample:
+    processes: int
+    rss: int  # bytes, summed: shared pages counted in every process
+    pss: int  # bytes, summed: shared pages split between the processes that map them
+
+
+def trial_processes() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if TRIAL_PROCESS in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def memory_of(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes from /proc/PID/smaps_rollup; zeros for a process that is gone."""
+    values = {}
+    try:
+        for line in (Path("/proc") / str(pid) / "smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                values[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        return 0, 0
+    return values.get("Rss", 0), values.get("Pss", 0)
+
+
+@dataclass
+class MemorySampler:
+    interval: float = 0.2
+    samples: list[MemorySample] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            pids = trial_processes()
+            sizes = [memory_of(p) for p in pids]
+            self.samples.append(MemorySample(len(pids), sum(r for r, _ in sizes), sum(p for _, p in sizes)))
+
+    def peak(self, busiest: int) -> MemorySample | None:
+        """The largest PSS among samples taken while `busiest` trial processes were alive."""
+        full = [s for s in self.samples if s.processes >= busiest]
+        return max(full, key=lambda s: s.pss) if full else None
+
+
+@dataclass
+class SearchCost:
+    wall_seconds: float
+    trainer_seconds: float
+    slots: int
+    peak: MemorySample | None
+    data_bytes: int
+    trials: int
+
+    @property
+    def outside_fraction(self) -> float:
+        return 1 - self.trainer_seconds / (self.wall_seconds * self.slots)
+
+
+def pack_bytes(folder: str) -> int:
+    return sum(p.stat().st_size for p in Path(folder).glob("*.f32"))
+
+
+def measure_search(options: SearchOptions) -> SearchCost:
+    from .driver import prepare_data
+
+    data = prepare_data(options)  # built before the clock starts; the search reuses it
+    data_bytes = pack_bytes(data.train.root) + pack_bytes(data.val.root)
+    sampler = MemorySampler()
+    thread = threading.Thread(target=sampler.run, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    outcome = run_search(options)
+    wall = time.monotonic() - started
+    sampler.stop.set()
+    thread.join()
+    epochs = read_epochs(outcome.experiment_dir)
+    slots = options.max_concurrent or 1
+    return SearchCost(wall, float(epochs["epoch_seconds"].sum()), slots, sampler.peak(slots),
+                      data_bytes, outcome.num_samples)
