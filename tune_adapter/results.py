@@ -24,6 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import UserError
+
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 METADATA_KEY = b"tune_adapter"
@@ -209,3 +211,14 @@ def read_trials(folder: Path):
 def read_epochs(folder: Path):
     """epochs.parquet as a pandas DataFrame."""
     return pq.read_table(Path(folder) / EPOCHS_FILE).to_pandas()
+
+
+def latest_experiment(storage: Path = Path("results")) -> Path:
+    """The experiment folder under `storage` whose trials.parquet was written last."""
+    found = list(Path(storage).glob(f"*/{TRIALS_FILE}"))
+    if not found:
+        raise UserError(f"no experiment in {storage}/ (no */{TRIALS_FILE}): "
+                        "run `tune-adapter search` first or pass --experiment DIR")
+    # The file, not the folder: it is rewritten on every result, so its time is the
+    # experiment's last activity.
+    return max(found, key=lambda path: path.stat().st_mtime).parent
