@@ -233,3 +233,19 @@ def test_no_experiment_under_results_is_a_user_error(tmp_path, monkeypatch):
 
 def report_text(parsed: ReportParser) -> str:
     return "".join(parsed.text)
+
+
+def test_a_running_trial_is_shown_and_kept_out_of_importances(tmp_path):
+    made = write_fake_experiment(tmp_path, trials=8)
+    store = TrialStore(tmp_path, load_experiment(tmp_path).info)
+    params = {"lr": 1e-3, "batch_size": 4, "audio_window": 5, "weight_decay": 0.0}
+    metrics = {"epoch": 1, "train_loss": 0.5, "val_l1": 0.45, "val_mse": 0.3, "val_cos": 0.8,
+               "epoch_seconds": 2.0, "step": 10}
+    store.record_epoch("live_00000", params, metrics, None, wall_seconds=2.0)
+    experiment = load_experiment(tmp_path)
+    study = rebuild_study(experiment)
+    running = [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert [t.user_attrs["trial_id"] for t in running] == ["live_00000"]
+    assert set(param_importances(experiment).values) == set(DISTRIBUTIONS)
+    html = write_report(tmp_path, tmp_path / "report.html").read_text()
+    assert f"{len(made) + 1}: " in html and "1 running" in html

@@ -49,8 +49,12 @@ def param_importances(experiment: Experiment) -> Importances:
 def rebuild_study(experiment: Experiment) -> optuna.Study:
     """An in-memory study holding every trial: the value is its best val_l1; pruned trials
     carry their per-epoch val_l1 as intermediate values, as they would under an Optuna pruner."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(direction="minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     distributions = experiment.distributions()
     for row in experiment.trials.itertuples(index=False):
         trial = _frozen_trial(experiment, row._asdict(), distributions)

@@ -62,7 +62,7 @@ def curves_figure(experiment: Experiment) -> Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_l1")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     statuses = [s for s in STATUS_STYLE if s in set(experiment.trials["status"])]
     handles = [Line2D([], [], color=BEST_COLOR, linewidth=2.6, label=f"best: {best_id}")]
     handles += [Line2D([], [], color=STATUS_STYLE[s]["color"], linestyle=STATUS_STYLE[s]["linestyle"],
@@ -90,7 +90,7 @@ def best_so_far_figure(experiment: Experiment) -> Figure:
     ax.set_xlabel("trial number (start order)")
     ax.set_ylabel("best val_l1")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     _legend_outside(ax)
     ax.set_title("best val_l1 so far against trials run")
     return figure
@@ -152,7 +152,7 @@ def _param_panel(ax, scored, name: str, distribution: BaseDistribution | None, b
     elif _is_integer(present[name]):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(name)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
 
 
 def _categories(values, distribution) -> list[str] | None:
