@@ -151,14 +151,17 @@ def test_pruned_trials_are_marked_where_they_stopped(fake):
 
 
 def test_param_axes_follow_the_distributions(tmp_path):
-    distributions = {**DISTRIBUTIONS, "loss": CategoricalDistribution(["l1", "mse", "smooth_l1"])}
+    # "train-loss": a param name that is no Python identifier still gets its column and panel.
+    distributions = {**DISTRIBUTIONS, "train-loss": CategoricalDistribution(["l1", "mse", "smooth_l1"])}
     write_fake_experiment(tmp_path, trials=8, distributions=distributions)
     axes = {ax.get_xlabel(): ax for ax in params_figure(load_experiment(tmp_path)).axes if ax.get_visible()}
     assert set(axes) == set(distributions)
     assert axes["lr"].get_xscale() == "log"
     assert axes["audio_window"].get_xscale() == "linear"
     assert list(axes["audio_window"].get_xticks()) == [1, 3, 5, 7, 9]
-    assert [t.get_text() for t in axes["loss"].get_xticklabels()] == ["l1", "mse", "smooth_l1"]
+    assert [t.get_text() for t in axes["train-loss"].get_xticklabels()] == ["l1", "mse", "smooth_l1"]
+    html = write_report(tmp_path, tmp_path / "report.html").read_text()
+    assert "<th>train-loss</th>" in html and "train-loss " in html  # table and importances
 
 
 def test_too_few_completed_trials_give_a_sentence_not_a_chart(tmp_path):

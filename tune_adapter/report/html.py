@@ -93,8 +93,8 @@ def _top_table(experiment: Experiment) -> str:
             + ["best val_l1", "val_mse", "val_cos", "best epoch", "epochs"])
     lines = ["<table class='top'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
              + "</tr></thead><tbody>"]
-    for rank, row in enumerate(top.itertuples(index=False), start=1):
-        row = row._asdict()
+    # Records, not itertuples: a param name need not be a Python identifier.
+    for rank, row in enumerate(top.to_dict("records"), start=1):
         classes = row["status"] + (" best" if row["trial_id"] == best_id else "")
         cells = [_td(rank), f"<td class='trial'>{_e(row['trial_id'])}</td>",
                  f"<td class='status'>{_e(row['status'])}</td>"]

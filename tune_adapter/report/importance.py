@@ -56,8 +56,8 @@ def rebuild_study(experiment: Experiment) -> optuna.Study:
     finally:
         optuna.logging.set_verbosity(verbosity)
     distributions = experiment.distributions()
-    for row in experiment.trials.itertuples(index=False):
-        trial = _frozen_trial(experiment, row._asdict(), distributions)
+    for row in experiment.trials.to_dict("records"):  # a param name need not be an identifier
+        trial = _frozen_trial(experiment, row, distributions)
         if trial is not None:
             study.add_trial(trial)
     return study
