@@ -348,5 +348,22 @@ def write_export(folder: Path, out: Path, info: dict, merge_into: Path | None,
     console.print(f"merged: {plan.out_file}", soft_wrap=True)
 
 
+@app.command()
+@user_errors
+def report(
+    experiment: Annotated[Optional[Path], typer.Option(help="Experiment folder [default: the latest under results/]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write [default: EXPERIMENT/report.html]")] = None,
+):
+    """Write a one-file HTML report (curves, progress, parameters, importances, top trials)."""
+    from .display import console
+    from .report import write_report
+    from .results import latest_experiment
+
+    folder = experiment if experiment is not None else latest_experiment()
+    with console.status(f"rendering the report of {folder}"):
+        written = write_report(folder, out if out is not None else folder / "report.html")
+    console.print(f"report: {written}", soft_wrap=True)
+
+
 def main() -> None:
     app()

@@ -24,6 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import UserError
+
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 METADATA_KEY = b"tune_adapter"
@@ -231,8 +233,6 @@ def latest_experiment(storage: Path = Path("results")) -> Path:
     """The most recently written experiment folder under `storage`."""
     found = sorted(Path(storage).glob(f"*/{TRIALS_FILE}"), key=lambda p: p.stat().st_mtime)
     if not found:
-        from .errors import UserError
-
         raise UserError(f"no experiment under {storage}/ (no */{TRIALS_FILE}): run tune-adapter search "
                         "first, or give --experiment DIR")
     return found[-1].parent
@@ -240,8 +240,6 @@ def latest_experiment(storage: Path = Path("results")) -> Path:
 
 def open_experiment(folder: Path | None, storage: Path = Path("results")) -> tuple[Path, ExperimentInfo]:
     """An experiment folder (the latest when None) and its description."""
-    from .errors import UserError
-
     folder = latest_experiment(storage) if folder is None else Path(folder)
     if not (folder / TRIALS_FILE).is_file() or not (folder / EPOCHS_FILE).is_file():
         raise UserError(f"{folder} holds no {TRIALS_FILE} and {EPOCHS_FILE}: give the folder of a "
@@ -254,8 +252,6 @@ def open_experiment(folder: Path | None, storage: Path = Path("results")) -> tup
 
 def best_trial(trials, folder: Path) -> dict:
     """The trial with the lowest `best_val_l1` whose best checkpoint Tune still keeps."""
-    from .errors import UserError
-
     kept = trials[trials["best_checkpoint"].notna()].sort_values("best_val_l1")
     if kept.empty:
         raise UserError(f"no trial in {folder} has a checkpoint yet: wait for the search to report")

@@ -1,0 +1,101 @@
+"""A small, seeded, made-up search written through the real TrialStore, for report tests.
+
+Curves decay towards a floor that depends on the parameters (best near lr 1e-3, W 5), so
+the figures look like a search's; an ASHA-like rule stops trials whose val_l1 at a rung is
+worse than the median of the trials that reached it before; one trial fails."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from optuna.distributions import (CategoricalDistribution, FloatDistribution, IntDistribution,
+                                  distribution_to_json)
+
+from tune_adapter.results import ExperimentInfo, TrialStore
+
+DISTRIBUTIONS = {
+    "lr": FloatDistribution(1e-5, 3e-2, log=True),
+    "batch_size": IntDistribution(1, 16),
+    "audio_window": IntDistribution(1, 9, step=2),
+    "weight_decay": FloatDistribution(0.0, 0.1),
+}
+MAX_EPOCHS = 8
+RUNGS = (2, 4)
+ERROR_TRIAL = 5
+ERROR_MESSAGE = "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory"
+
+
+@dataclass
+class FakeTrial:
+    trial_id: str
+    params: dict
+    status: str
+    val_l1: list[float] = field(default_factory=list)  # by epoch, from epoch 1
+
+    @property
+    def best_val_l1(self) -> float:
+        return min(self.val_l1)
+
+
+def write_fake_experiment(folder: Path, trials: int = 10, seed: int = 0,
+                          distributions=DISTRIBUTIONS) -> list[FakeTrial]:
+    rng = np.random.default_rng(seed)
+    info = ExperimentInfo(name=Path(folder).name, params=list(distributions), max_epochs=MAX_EPOCHS,
+                          num_samples=trials, space="search_spaces/default.py",
+                          distributions={k: distribution_to_json(d) for k, d in distributions.items()})
+    store = TrialStore(folder, info)
+    made: list[FakeTrial] = []
+    for number in range(trials):
+        trial = FakeTrial(f"4c1d2_{number:05d}", _sample(rng, distributions), "completed")
+        _run(store, trial, rng, made, fails=number == ERROR_TRIAL)
+        made.append(trial)
+    return made
+
+
+def _sample(rng, distributions) -> dict:
+    params = {}
+    for name, d in distributions.items():
+        if isinstance(d, CategoricalDistribution):
+            params[name] = d.choices[int(rng.integers(len(d.choices)))]
+        elif isinstance(d, IntDistribution):
+            params[name] = int(rng.choice(np.arange(d.low, d.high + 1, d.step)))
+        elif d.log:
+            params[name] = float(math.exp(rng.uniform(math.log(d.low), math.log(d.high))))
+        else:
+            params[name] = float(rng.uniform(d.low, d.high))
+    return params
+
+
+def _run(store: TrialStore, trial: FakeTrial, rng, earlier: list[FakeTrial], fails: bool) -> None:
+    p = trial.params
+    lr_miss = math.log10(p.get("lr", 1e-3) / 1e-3)
+    floor = 0.03 + 0.05 * lr_miss ** 2 + 0.02 * abs(p.get("audio_window", 5) - 5) / 2
+    rate = 0.2 + 0.5 * min(1.0, p.get("lr", 1e-3) / 1e-3)
+    for epoch in range(1, MAX_EPOCHS + 1):
+        val_l1 = (floor + (0.8 - floor) * math.exp(-rate * epoch)) * (1 + 0.02 * rng.standard_normal())
+        trial.val_l1.append(val_l1)
+        metrics = {"epoch": epoch, "train_loss": val_l1 * 0.95, "val_l1": val_l1,
+                   "val_mse": val_l1 ** 2 * 1.6, "val_cos": 1 - val_l1 / 2, "epoch_seconds": 3.0,
+                   "step": epoch * 40}
+        # A real folder: the store lists only checkpoints that still exist.
+        checkpoint = store.folder / f"trial_{trial.trial_id}" / f"checkpoint_{epoch - 1:06d}"
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        store.record_epoch(trial.trial_id, p, metrics, wall_seconds=3.0 * epoch)
+        store.record_checkpoint(trial.trial_id, epoch, str(checkpoint))
+        if fails:
+            trial.status = "error"
+            store.record_end(trial.trial_id, p, "error", ERROR_MESSAGE)
+            return
+        if epoch in RUNGS and _below_median(trial, epoch, earlier):
+            trial.status = "pruned"
+            store.record_end(trial.trial_id, p, "pruned")
+            return
+    store.record_end(trial.trial_id, p, "completed")
+
+
+def _below_median(trial: FakeTrial, epoch: int, earlier: list[FakeTrial]) -> bool:
+    seen = [t.val_l1[epoch - 1] for t in earlier if len(t.val_l1) >= epoch and t.status != "error"]
+    return len(seen) >= 2 and trial.val_l1[epoch - 1] > float(np.median(seen))

@@ -1,0 +1,30 @@
+"""write_report: experiment folder -> one self-contained HTML file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .experiment import load_experiment
+from .html import Figures, render
+from .importance import param_importances
+from .plots import best_so_far_figure, curves_figure, importance_figure, params_figure, png
+
+
+def write_report(experiment_dir: Path, out: Path) -> Path:
+    """Render the report of the experiment in `experiment_dir` to `out`; returns `out`."""
+    experiment = load_experiment(experiment_dir)
+    importances = param_importances(experiment)
+    figures = Figures(
+        curves=png(curves_figure(experiment)),
+        best_so_far=png(best_so_far_figure(experiment)),
+        params=png(params_figure(experiment)),
+        importance=png(importance_figure(importances)) if importances.values else None,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename: a failed render never leaves half a report behind.
+    staging = out.with_name(f".{out.name}.tmp")
+    staging.write_text(render(experiment, figures, importances), encoding="utf-8")
+    os.replace(staging, out)
+    return out

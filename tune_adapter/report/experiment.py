@@ -1,0 +1,74 @@
+"""An experiment as the report reads it: trials.parquet + epochs.parquet + their metadata."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from optuna.distributions import BaseDistribution, json_to_distribution
+
+from ..errors import UserError
+from ..results import EPOCHS_FILE, TRIALS_FILE, ExperimentInfo, read_epochs, read_info, read_trials
+
+RANK_METRIC = "best_val_l1"  # the trial store keeps each trial's best epoch by val_l1
+
+
+@dataclass
+class Experiment:
+    folder: Path
+    info: ExperimentInfo
+    trials: pd.DataFrame  # one row per trial, in `number` order
+    epochs: pd.DataFrame  # one row per trial per epoch, by trial then epoch
+
+    @property
+    def params(self) -> list[str]:
+        return list(self.info.params)
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """The Optuna distributions the metadata records (a param may lack one)."""
+        return {name: json_to_distribution(text) for name, text in self.info.distributions.items()
+                if name in self.info.params}
+
+    def ranked(self) -> pd.DataFrame:
+        """Trials that reported a val_l1, best first (ties: the earlier trial first)."""
+        scored = self.trials[self.trials[RANK_METRIC].notna()]
+        return scored.sort_values([RANK_METRIC, "number"], kind="stable")
+
+    def best(self) -> pd.Series:
+        return self.ranked().iloc[0]
+
+    def status_counts(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.trials["status"].value_counts().items()}
+
+    def curve(self, trial_id: str) -> pd.DataFrame:
+        rows = self.epochs[self.epochs["trial_id"] == trial_id]
+        return rows[rows["val_l1"].notna()]
+
+
+def load_experiment(folder: Path) -> Experiment:
+    """Read and check an experiment folder; a folder the report cannot use is a UserError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: pass --experiment results/NAME "
+                        "(a folder `tune-adapter search` wrote)")
+    for name in (TRIALS_FILE, EPOCHS_FILE):
+        if not (folder / name).is_file():
+            raise UserError(f"{folder} has no {name}: pass an experiment folder that "
+                            "`tune-adapter search` wrote (results/NAME)")
+    try:
+        info = read_info(folder)
+    except ValueError as exc:
+        raise UserError(f"{exc}: pass an experiment folder that `tune-adapter search` wrote") from None
+    trials = read_trials(folder).sort_values("number", kind="stable").reset_index(drop=True)
+    epochs = read_epochs(folder).sort_values(["trial_id", "epoch"], kind="stable")
+    experiment = Experiment(folder, info, trials, epochs.reset_index(drop=True))
+    if trials.empty or experiment.ranked().empty:
+        raise UserError(f"{folder} has no trial with a val_l1 yet: wait for the search's "
+                        "first epochs, then run the report again")
+    return experiment
+
+
+def is_missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

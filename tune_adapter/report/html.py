@@ -1,0 +1,164 @@
+"""Assembling the report: one HTML page, figures inline as base64 PNG data URIs, no
+external CSS, JS or fonts, so the file can be mailed or archived alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .experiment import RANK_METRIC, Experiment, is_missing
+from .importance import Importances
+
+TOP_TRIALS = 10
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       color: #222; background: #fafafa; }
+main { max-width: 1100px; margin: 0 auto; padding: 16px 24px 48px; background: #fff; }
+h1 { font-size: 1.5em; margin-bottom: 4px; }
+h2 { font-size: 1.15em; margin-top: 28px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+p.note, p.caption { color: #555; font-size: 0.9em; }
+img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
+table { border-collapse: collapse; font-size: 0.82em; width: 100%; }
+th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 6px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.checkpoint td { font-family: ui-monospace, Menlo, monospace; font-size: 0.9em; color: #555;
+                  word-break: break-all; padding-top: 0; }
+tr.result td { border-bottom: none; }
+tr.pruned td.status { color: #777; font-style: italic; }
+tr.error td.status { color: #8c564b; font-weight: bold; }
+tr.best { background: #fff3f3; }
+dl.summary { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; }
+dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
+"""
+
+
+@dataclass
+class Figures:
+    """PNG bytes of each figure; importance is None when it is a sentence instead."""
+
+    curves: bytes
+    best_so_far: bytes
+    params: bytes
+    importance: bytes | None
+
+
+def render(experiment: Experiment, figures: Figures, importances: Importances) -> str:
+    title = f"tune-adapter report: {experiment.info.name}"
+    body = "\n".join([
+        f"<h1>{_e(title)}</h1>",
+        _summary(experiment),
+        "<h2>Learning curves</h2>", _image(figures.curves, "val_l1 curves of every trial"),
+        "<p class='caption'>Dashed grey lines ending in an x: trials ASHA stopped early "
+        "(pruned); red: the best trial.</p>",
+        "<h2>Search progress</h2>", _image(figures.best_so_far, "best val_l1 so far by trial"),
+        "<h2>Parameters</h2>", _image(figures.params, "each parameter against best val_l1"),
+        "<h2>Parameter importance</h2>", _importance(figures.importance, importances),
+        "<h2>Top trials</h2>", _top_table(experiment),
+        _errors(experiment),
+    ])
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{_e(title)}</title><style>{CSS}</style></head>\n"
+            f"<body><main>\n{body}\n</main></body></html>\n")
+
+
+def _summary(experiment: Experiment) -> str:
+    best = experiment.best()
+    counts = experiment.status_counts()
+    by_status = ", ".join(f"{counts[s]} {s}" for s in ("completed", "pruned", "error", "running")
+                          if s in counts)
+    info = experiment.info
+    items = [
+        ("experiment", f"{info.name} ({experiment.folder})"),
+        ("trials", f"{len(experiment.trials)}: {by_status}"),
+        ("best trial", f"{best['trial_id']}: val_l1 {_number(best[RANK_METRIC])} at epoch "
+                       f"{_number(best['best_epoch'])} ({best['status']})"),
+        ("best parameters", ", ".join(f"{p}={_number(best[p])}" for p in experiment.params)),
+        ("search", f"metric {info.metric} ({info.mode}), up to {info.max_epochs} epochs, "
+                   f"{info.num_samples} samples" + (f", space {info.space}" if info.space else "")),
+    ]
+    rows = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items)
+    return f"<dl class='summary'>{rows}</dl>"
+
+
+def _top_table(experiment: Experiment) -> str:
+    top = experiment.ranked().head(TOP_TRIALS)
+    best_id = experiment.best()["trial_id"]
+    head = (["rank", "trial", "status"] + experiment.params
+            + ["best val_l1", "val_mse", "val_cos", "best epoch", "epochs"])
+    lines = ["<table class='top'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
+             + "</tr></thead><tbody>"]
+    # Records, not itertuples: a param name need not be a Python identifier.
+    for rank, row in enumerate(top.to_dict("records"), start=1):
+        classes = row["status"] + (" best" if row["trial_id"] == best_id else "")
+        cells = [_td(rank), f"<td class='trial'>{_e(row['trial_id'])}</td>",
+                 f"<td class='status'>{_e(row['status'])}</td>"]
+        cells += [_td(row[p]) for p in experiment.params]
+        cells += [_td(row[k]) for k in (RANK_METRIC, "best_val_mse", "best_val_cos",
+                                        "best_epoch", "epochs")]
+        lines.append(f"<tr class='result {_e(classes)}'>" + "".join(cells) + "</tr>")
+        # The path gets a row of its own: it is long, and people copy it whole.
+        lines.append(f"<tr class='checkpoint {_e(classes)}'><td></td><td colspan='{len(head) - 1}'>"
+                     f"checkpoint: {_e(_text(row['best_checkpoint']) or '–')}</td></tr>")
+    lines.append("</tbody></table>")
+    shown = f"best {len(top)} of {len(experiment.ranked())} trials with a val_l1"
+    return "\n".join(lines) + f"<p class='caption'>{_e(shown)}, ranked by best val_l1.</p>"
+
+
+def _importance(image: bytes | None, importances: Importances) -> str:
+    parts = []
+    if image is not None:
+        parts.append(_image(image, "parameter importances"))
+        numbers = ", ".join(f"{n} {v:.3f}" for n, v in importances.values.items())
+        parts.append(f"<p class='importances'>{_e(numbers)}</p>")
+    if importances.note:
+        parts.append(f"<p class='note'>{_e(importances.note)}</p>")
+    return "\n".join(parts)
+
+
+def _errors(experiment: Experiment) -> str:
+    failed = experiment.trials[experiment.trials["status"] == "error"]
+    if failed.empty:
+        return ""
+    items = "".join(f"<li><b>{_e(r.trial_id)}</b>: {_e(_first_line(r.error))}</li>"
+                    for r in failed.itertuples(index=False))
+    return f"<h2>Failed trials</h2><ul class='errors'>{items}</ul>"
+
+
+def _image(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f"<img alt='{_e(alt)}' src='data:image/png;base64,{encoded}'>"
+
+
+def _td(value) -> str:
+    numeric = not is_missing(value) and not isinstance(value, str)
+    return f"<td class='{'num' if numeric else 'text'}'>{_e(_number(value))}</td>"
+
+
+def _number(value) -> str:
+    if is_missing(value):
+        return "–"
+    if isinstance(value, (bool, np.bool_, str)):
+        return str(value)
+    value = float(value)
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _first_line(message) -> str:
+    lines = _text(message).strip().splitlines()
+    return lines[-1] if lines else "no message"  # a traceback's last line names the error
+
+
+def _text(value) -> str:
+    return "" if is_missing(value) else str(value)
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)

@@ -1,0 +1,100 @@
+"""Parameter importances by Optuna (fANOVA) on a study rebuilt from the trial store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
+                                  IntDistribution)
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+from optuna.trial import TrialState
+
+from .experiment import RANK_METRIC, Experiment, is_missing
+
+# fANOVA fits a random forest to the completed trials; with fewer the numbers mean little.
+MIN_COMPLETED = 3
+SEED = 0
+STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
+          "error": TrialState.FAIL, "running": TrialState.RUNNING}
+
+
+@dataclass
+class Importances:
+    values: dict[str, float]  # param -> importance, largest first; empty when not computed
+    note: str = ""  # why there are none, or what was left out
+
+
+def param_importances(experiment: Experiment) -> Importances:
+    study = rebuild_study(experiment)
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(completed) < MIN_COMPLETED:
+        return Importances({}, f"Importances need at least {MIN_COMPLETED} completed trials; "
+                               f"this experiment has {len(completed)}.")
+    varying, constant = _split_varying(experiment, completed)
+    left_out = f" Left out (one value in every completed trial): {', '.join(constant)}." if constant else ""
+    if len(varying) < 2:
+        what = f"only {varying[0]} varies" if varying else "no parameter varies"
+        return Importances({}, f"Importances compare parameters, and {what} across the "
+                               f"completed trials.{left_out}")
+    try:
+        values = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=SEED),
+                                       params=varying)
+    except RuntimeError:  # fANOVA finds no variance: every completed trial scored the same
+        return Importances({}, f"Every completed trial has the same {RANK_METRIC}, so no "
+                               "parameter explains a difference.")
+    return Importances({name: float(v) for name, v in values.items()}, left_out.strip())
+
+
+def rebuild_study(experiment: Experiment) -> optuna.Study:
+    """An in-memory study holding every trial: the value is its best val_l1; pruned trials
+    carry their per-epoch val_l1 as intermediate values, as they would under an Optuna pruner."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(direction="minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    distributions = experiment.distributions()
+    for row in experiment.trials.to_dict("records"):  # a param name need not be an identifier
+        trial = _frozen_trial(experiment, row, distributions)
+        if trial is not None:
+            study.add_trial(trial)
+    return study
+
+
+def _frozen_trial(experiment: Experiment, row: dict, distributions: dict[str, BaseDistribution]):
+    state = STATES.get(row["status"])
+    value = row[RANK_METRIC]
+    if state is None or (state == TrialState.COMPLETE and is_missing(value)):
+        return None
+    # A param the trial did not sample (conditional) or the metadata has no distribution for
+    # is left out of the trial, as Optuna would have it.
+    params = {name: _native(row[name], dist) for name, dist in distributions.items()
+              if not is_missing(row[name])}
+    curve = experiment.curve(row["trial_id"])
+    return optuna.trial.create_trial(
+        state=state, value=float(value) if state == TrialState.COMPLETE else None,
+        params=params, distributions={name: distributions[name] for name in params},
+        intermediate_values=dict(zip(curve["epoch"].astype(int).tolist(),
+                                     curve["val_l1"].astype(float).tolist())),
+        user_attrs={"trial_id": row["trial_id"]},
+    )
+
+
+def _native(value, distribution: BaseDistribution):
+    """A Parquet cell as the Python value the distribution holds (numpy ints, floats for
+    ints after a missing value, ...)."""
+    if isinstance(distribution, IntDistribution):
+        return int(value)
+    if isinstance(distribution, FloatDistribution):
+        return float(value)
+    if isinstance(distribution, CategoricalDistribution):
+        return next((c for c in distribution.choices if c == value or str(c) == str(value)), value)
+    return value
+
+
+def _split_varying(experiment: Experiment, completed) -> tuple[list[str], list[str]]:
+    names = [name for name in experiment.distributions() if all(name in t.params for t in completed)]
+    varying = [n for n in names if len({repr(t.params[n]) for t in completed}) > 1]
+    return varying, [n for n in names if n not in varying]

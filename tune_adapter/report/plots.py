@@ -1,0 +1,199 @@
+"""The report's figures. Each function returns a matplotlib Figure built without pyplot
+(no global state, rendered by the Agg canvas); `png` turns one into bytes."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+
+from .experiment import RANK_METRIC, Experiment
+from .importance import Importances
+
+WIDTH = 10.0  # inches; at DPI this about fills the report's column without scaling
+DPI = 100
+BEST_COLOR = "#d62728"
+STATUS_STYLE = {  # line style for curves, marker for scatter plots
+    "completed": dict(color="#4c72b0", linestyle="-", marker="o", label="completed"),
+    "pruned": dict(color="#8c8c8c", linestyle="--", marker="x", label="pruned by ASHA"),
+    "error": dict(color="#8c564b", linestyle=":", marker="s", label="error"),
+    "running": dict(color="#17becf", linestyle="-.", marker="^", label="running"),
+}
+# A metric spanning more than this factor is easier to read on a log axis.
+LOG_SPAN = 5.0
+LOG_TICKS = (1, 2, 3, 5)  # mantissas labelled on a log axis: plain numbers, not 10^k
+MAX_INT_TICKS = 10
+
+
+def png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def curves_figure(experiment: Experiment) -> Figure:
+    """val_l1 by epoch, one line per trial; ASHA-stopped trials dashed grey with an x where
+    they stopped; the best trial drawn last, thick and red."""
+    figure = Figure(figsize=(WIDTH, 4.2))
+    ax = figure.add_subplot()
+    best_id = experiment.best()["trial_id"]
+    values = []
+    for row in experiment.trials.itertuples(index=False):
+        curve = experiment.curve(row.trial_id)
+        if curve.empty or row.trial_id == best_id:
+            continue
+        style = _style(row.status)
+        ax.plot(curve["epoch"], curve["val_l1"], color=style["color"], linestyle=style["linestyle"],
+                linewidth=1.2, alpha=0.75)
+        if row.status in ("pruned", "error"):  # where it stopped (an error may have one point)
+            ax.plot(curve["epoch"].iloc[-1], curve["val_l1"].iloc[-1], linestyle="none",
+                    marker=style["marker"], markersize=7, color=style["color"])
+        values.extend(curve["val_l1"])
+    best = experiment.curve(best_id)
+    ax.plot(best["epoch"], best["val_l1"], color=BEST_COLOR, linewidth=2.6, marker="o",
+            markersize=4, zorder=5)
+    values.extend(best["val_l1"])
+    _maybe_log_y(ax, values)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val_l1")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    statuses = [s for s in STATUS_STYLE if s in set(experiment.trials["status"])]
+    handles = [Line2D([], [], color=BEST_COLOR, linewidth=2.6, label=f"best: {best_id}")]
+    handles += [Line2D([], [], color=STATUS_STYLE[s]["color"], linestyle=STATUS_STYLE[s]["linestyle"],
+                       marker=STATUS_STYLE[s]["marker"] if s in ("pruned", "error") else None,
+                       label=STATUS_STYLE[s]["label"])
+                for s in statuses]
+    _legend_outside(ax, handles=handles)
+    ax.set_title("val_l1 of every trial by epoch")
+    return figure
+
+
+def best_so_far_figure(experiment: Experiment) -> Figure:
+    """Each trial's best val_l1 in start order, and the best found up to each trial."""
+    figure = Figure(figsize=(WIDTH, 3.4))
+    ax = figure.add_subplot()
+    scored = experiment.trials[experiment.trials[RANK_METRIC].notna()]
+    for status, rows in scored.groupby("status", sort=False):
+        style = _style(status)
+        ax.scatter(rows["number"], rows[RANK_METRIC], color=style["color"], marker=style["marker"],
+                   s=30, label=style["label"], zorder=3)
+    running_best = np.fmin.accumulate(scored[RANK_METRIC].to_numpy(dtype=float))
+    ax.step(scored["number"], running_best, where="post", color=BEST_COLOR, linewidth=2,
+            label="best so far", zorder=4)
+    _maybe_log_y(ax, scored[RANK_METRIC])
+    ax.set_xlabel("trial number (start order)")
+    ax.set_ylabel("best val_l1")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    ax.set_title("best val_l1 so far against trials run")
+    return figure
+
+
+def params_figure(experiment: Experiment) -> Figure:
+    """One panel per parameter: its value against the trial's best val_l1."""
+    names = experiment.params
+    columns = min(4, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure = Figure(figsize=(WIDTH, 2.9 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    scored = experiment.trials[experiment.trials[RANK_METRIC].notna()]
+    best_id = experiment.best()["trial_id"]
+    distributions = experiment.distributions()
+    for ax, name in zip(axes, names):
+        _param_panel(ax, scored, name, distributions.get(name), best_id)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[::columns]:
+        ax.set_ylabel("best val_l1")
+    _maybe_log_y(axes[0], scored[RANK_METRIC])
+    figure.suptitle("each parameter against the trial's best val_l1 (red star: best trial)")
+    return figure
+
+
+def importance_figure(importances: Importances) -> Figure:
+    names = list(importances.values)[::-1]  # largest on top
+    values = [importances.values[n] for n in names]
+    figure = Figure(figsize=(WIDTH * 0.8, 0.35 * len(names) + 1.0))
+    ax = figure.add_subplot()
+    bars = ax.barh(names, values, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3, fontsize=9)
+    ax.set_xlim(0, max(values) * 1.15 if max(values) > 0 else 1)
+    ax.set_xlabel("importance (fANOVA, sums to 1)")
+    ax.set_title("parameter importance for best val_l1 (completed trials)")
+    return figure
+
+
+def _param_panel(ax, scored, name: str, distribution: BaseDistribution | None, best_id: str):
+    present = scored[scored[name].notna()]
+    categories = _categories(present[name], distribution)
+    position = (lambda v: categories.index(str(v))) if categories is not None else float
+    for status, rows in present.groupby("status", sort=False):
+        style = _style(status)
+        ax.scatter([position(v) for v in rows[name]], rows[RANK_METRIC], color=style["color"],
+                   marker=style["marker"], s=26, alpha=0.85, zorder=3)
+    best = present[present["trial_id"] == best_id]
+    if not best.empty:
+        ax.scatter([position(v) for v in best[name]], best[RANK_METRIC], color=BEST_COLOR,
+                   marker="*", s=160, zorder=4)
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
+    elif _is_log(name, distribution, present[name]):
+        ax.set_xscale("log")
+    elif isinstance(distribution, IntDistribution) and _steps(distribution) <= MAX_INT_TICKS:
+        ax.set_xticks(range(distribution.low, distribution.high + 1, distribution.step))
+    elif _is_integer(present[name]):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(name)
+    ax.grid(alpha=0.3)
+
+
+def _categories(values, distribution) -> list[str] | None:
+    """Category labels in the space's order, or None for a numeric parameter."""
+    if isinstance(distribution, CategoricalDistribution):
+        return [str(c) for c in distribution.choices]
+    if distribution is None and not np.issubdtype(values.dtype, np.number):
+        return sorted({str(v) for v in values})
+    return None
+
+
+def _is_log(name: str, distribution, values) -> bool:
+    # lr is searched on a log scale even when the metadata lacks its distribution.
+    logged = getattr(distribution, "log", False) or name == "lr"
+    return bool(logged) and bool((values > 0).all())
+
+
+def _is_integer(values) -> bool:
+    return bool(np.issubdtype(values.dtype, np.integer)) or bool((values == values.round()).all())
+
+
+def _steps(distribution: IntDistribution) -> int:
+    return (distribution.high - distribution.low) // distribution.step + 1
+
+
+def _maybe_log_y(ax, values) -> None:
+    finite = np.asarray([v for v in values if v > 0 and math.isfinite(v)], dtype=float)
+    if not finite.size or finite.max() / finite.min() <= LOG_SPAN:
+        return
+    ax.set_yscale("log")
+    low, high = finite.min(), finite.max()
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    ticks = [m * 10.0 ** k for k in decades for m in LOG_TICKS]
+    ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if low / 1.2 <= t <= high * 1.2]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend_outside(ax, **kwargs) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False, **kwargs)
+
+
+def _style(status: str) -> dict:
+    return STATUS_STYLE.get(status, STATUS_STYLE["completed"])
