@@ -158,8 +158,9 @@ class Run:
                            self.config.loss)
 
     def backward(self, loss: torch.Tensor) -> None:
-        # set_to_none: backward then writes fresh gradients instead of adding into zeroed
-        # ones, which saves a 300 MB memset and an add pass at InfiniteTalk's dims.
+        # set_to_none: backward then stores fresh gradients instead of adding them into
+        # zeroed ones, skipping a memset and an add pass over 300 MB at InfiniteTalk's dims
+        # (reasoned, not timed apart: the profile of the step shows no such passes).
         self.optimizer.zero_grad(set_to_none=True)
         with self.runtime.backward_precision():
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
