@@ -365,5 +365,27 @@ def report(
     console.print(f"report: {written}", soft_wrap=True)
 
 
+@app.command()
+@user_errors
+def bench(
+    dims: Annotated[str, typer.Option(help="infinitetalk or tiny")] = "infinitetalk",
+    frames: Annotated[int, typer.Option(help="Frames per clip")] = 81,
+    batch_size: int = 4,
+    steps: Annotated[int, typer.Option(help="Timed steps (after 2 warm-up steps)")] = 10,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    mixed_precision: Annotated[bool, typer.Option(help="bf16 matrix products (CPU) / bf16 autocast (CUDA)")] = True,
+    lengths: Annotated[tuple[int, int], typer.Option(help="Clip lengths of the padding measurement")] = (21, 121),
+):
+    """Time the trainer against its floor and a straightforward trainer; report RSS and padding."""
+    from .bench import BenchSpec, run_bench
+    from .display import bench_table, console
+
+    spec = BenchSpec(dims=dims, frames=frames, batch_size=batch_size, steps=steps, device=device,
+                     mixed_precision=mixed_precision, mixed_lengths=lengths)
+    with console.status("benchmarking (each trainer in its own process)"):
+        report = run_bench(spec)
+    console.print(bench_table(report))
+
+
 def main() -> None:
     app()

@@ -94,3 +94,27 @@ def frame_table(frame, title: str) -> Table:
     for row in frame.itertuples(index=False):
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     return table
+
+
+def bench_table(report) -> Table:
+    """A `bench.BenchReport` as one table, a heading row per section."""
+    spec = report.spec
+    title = (f"tune-adapter bench: {spec.dims} dims, {spec.frames}-frame clips, batch "
+             f"{spec.batch_size}, {spec.steps} steps, {spec.device}, "
+             f"{'mixed precision' if spec.mixed_precision else 'fp32'} ({report.machine})")
+    table = Table(title=title, title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    table.add_column("note")
+    for section in report.sections:
+        table.add_row(f"[bold]{section.title}", "", "", "")
+        for row in section.rows:
+            table.add_row(row.name, format_value(row.value), row.unit, row.note)
+    return table
+
+
+def format_value(value: float) -> str:
+    if value != value:  # NaN: not measured
+        return "-"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"

@@ -20,8 +20,14 @@ METRICS = ("val_l1", "val_mse", "val_cos")
 
 def aligned_predictions(pred: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The prediction each target row is compared with: `[B, P, K, D]`."""
-    rows = torch.arange(pred.shape[0], device=pred.device).unsqueeze(1)
-    return pred[rows, positions]
+    # One index_select over the flattened (batch, latent) rows, not pred[rows, positions]:
+    # the same values, but its backward is index_add_ instead of index_put_(accumulate),
+    # which is serial on the CPU: 22 ms -> about 5 ms per step at InfiniteTalk's dims, batch 4
+    # (torch.profiler, index_put_ against index_select + index_add_).
+    batch, n_lat = pred.shape[:2]
+    rows = torch.arange(batch, device=pred.device).unsqueeze(1) * n_lat + positions
+    flat = pred.reshape(batch * n_lat, *pred.shape[2:]).index_select(0, rows.reshape(-1))
+    return flat.view(*positions.shape, *pred.shape[2:])
 
 
 def element_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

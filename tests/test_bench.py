@@ -1,0 +1,68 @@
+import math
+
+import torch
+from typer.testing import CliRunner
+
+from tune_adapter.bench import BenchSpec, padding_fractions, run_bench, step_products
+from tune_adapter.cli import app
+from tune_adapter.straightforward import per_frame_windows, regroup
+from tune_adapter.synth import SynthSpec
+from tune_adapter.windows import WindowSpec, clip_inputs
+
+ROWS = [
+    "clips/s, fast trainer", "clips/s, straightforward trainer", "fast / straightforward",
+    "validation clips/s, fast trainer", "step", "  batch gather", "  forward + loss",
+    "  backward", "  grad clip", "  fused AdamW", "floor", "  matrix products", "step / floor",
+    "products: bf16 tensors / step's precision", "model state", "peak RSS, fast trainer",
+    "peak RSS / target", "peak RSS, straightforward trainer", "padded fraction, no bucketing",
+    "padded fraction, length bucketing",
+]
+
+
+def test_bench_reports_every_row_with_a_positive_finite_value(tmp_path):
+    report = run_bench(BenchSpec(dims="tiny", frames=21, steps=2, warmup=1, mixed_clips=64),
+                       work_dir=tmp_path)
+    for name in ROWS:
+        value = report.row(name).value
+        assert math.isfinite(value) and value > 0, (name, value)
+    assert report.row("padded fraction, length bucketing").value < report.row(
+        "padded fraction, no bucketing").value
+    assert list(tmp_path.iterdir()) == []  # the synthetic data is removed
+
+
+def test_bench_command_prints_the_table():
+    result = CliRunner().invoke(app, ["bench", "--dims", "tiny", "--frames", "13", "--steps", "2",
+                                      "--no-mixed-precision"], env={"COLUMNS": "220"})
+    assert result.exit_code == 0, result.output
+    for text in ("fast / straightforward", "step / floor", "peak RSS, fast trainer",
+                 "padded fraction, length bucketing"):
+        assert text in result.output
+
+
+def test_bench_refuses_a_missing_device():
+    if torch.cuda.is_available():
+        return
+    result = CliRunner().invoke(app, ["bench", "--dims", "tiny", "--device", "cuda"])
+    assert result.exit_code == 2 and "CUDA" in result.output
+
+
+def test_straightforward_windows_equal_the_index_tables():
+    audio = torch.randn(23, 2, 3)
+    for spec in (WindowSpec(5, 4), WindowSpec(3, 2), WindowSpec(1, 3)):
+        naive_first, naive_latter = regroup(per_frame_windows(audio, spec), spec)
+        first, latter = clip_inputs(audio, spec)
+        assert torch.equal(naive_first, first[0]) and torch.equal(naive_latter, latter[0])
+
+
+def test_step_products_cover_the_adapter():
+    dims = SynthSpec(dims="infinitetalk").adapter_dims()
+    products = step_products(dims, batch=4, n_latter=20)
+    # forward + weight gradient for 4 layers, input gradient for proj2 and proj3
+    assert len(products) == 10
+    assert all(p.a[1] == p.b[0] for p in products)
+    assert (80, 8 * 12 * 768) in [p.a for p in products]
+
+
+def test_bucketing_pads_less():
+    plain, bucketed = padding_fractions(BenchSpec(mixed_clips=256, batch_size=4))
+    assert 0 <= bucketed < plain < 1

@@ -1,0 +1,427 @@
+"""`tune-adapter bench`: how fast the trainer is, against its floor and a naive trainer.
+
+Each measurement runs in a fresh process, so its peak RSS (`ru_maxrss`) is its own:
+- fast: the real trainer (`Run`), step timed phase by phase with its own methods;
+- floor: the same step's matrix products alone (same shapes, same precision) plus one
+  fused AdamW step over the same number of parameters;
+- straightforward: `straightforward.StraightforwardTrainer` on the same clips.
+Padding is computed in-process: one epoch of the batch sampler over mixed lengths, with
+and without length bucketing.
+
+A report is a list of sections of rows, so another measurement (say, of a whole search)
+adds a section without touching the others.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from .adapter import AdapterDims, AudioProjModel
+from .config import TrainConfig
+from .data import BatchSampler, load_data, padded_fraction, read_manifest
+from .errors import ConfigError
+from .memory import huge_pages_requested
+from .runtime import resolve_runtime
+from .straightforward import StraightforwardTrainer
+from .synth import SynthSpec, write_synth
+from .windows import WindowSpec, n_latents
+
+MB = 2**20
+RSS_FACTOR, RSS_ALLOWANCE = 1.3, 400 * MB  # target: peak RSS <= 1.3 x state + 400 MB
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    dims: str = "infinitetalk"
+    frames: int = 81
+    batch_size: int = 4
+    steps: int = 10
+    warmup: int = 2
+    device: str = "cpu"
+    mixed_precision: bool = True
+    batches: int = 2  # distinct batches of clips the trainers cycle through
+    mixed_lengths: tuple[int, int] = (21, 121)  # padding rows: clip lengths drawn from here
+    mixed_clips: int = 1024
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("frames", "batch_size", "steps", "batches", "mixed_clips"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        low, high = self.mixed_lengths
+        if not 1 <= low <= high:
+            raise ConfigError(f"--lengths {low} {high}: need 1 <= low <= high")
+
+    def synth_spec(self) -> SynthSpec:
+        # One validation batch: enough to time validation without mapping more data.
+        return SynthSpec(dims=self.dims, train_clips=self.batch_size * self.batches,
+                         val_clips=self.batch_size,
+                         min_frames=self.frames, max_frames=self.frames, seed=self.seed)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(batch_size=self.batch_size, mixed_precision=self.mixed_precision,
+                           device=self.device, seed=self.seed)
+
+
+@dataclass
+class StepTimes:
+    """Median seconds per step of each phase, over the timed steps."""
+
+    gather: float
+    forward: float
+    backward: float
+    clip: float
+    adamw: float
+    step: float
+
+    @property
+    def optimizer(self) -> float:
+        return self.clip + self.adamw
+
+
+@dataclass
+class TrainerResult:
+    clips_per_s: float
+    peak_rss: int  # bytes
+    times: StepTimes | None = None
+    val_clips_per_s: float | None = None
+    products: float | None = None  # seconds: the step's matrix products alone
+    step_over_floor: float | None = None  # median over steps of step / (products + AdamW)
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    rows: list[Row] = field(default_factory=list)
+
+
+@dataclass
+class BenchReport:
+    spec: BenchSpec
+    machine: str
+    sections: list[Section]
+
+    def row(self, name: str) -> Row:
+        return next(r for s in self.sections for r in s.rows if r.name == name)
+
+
+def run_bench(spec: BenchSpec, work_dir: Path | None = None) -> BenchReport:
+    resolve_runtime(spec.device, spec.mixed_precision)  # a bad --device fails here, not in a child
+    with tempfile.TemporaryDirectory(prefix="tune-adapter-bench-", dir=work_dir) as tmp:
+        folder = Path(tmp)
+        write_synth(folder / "data", spec.synth_spec())
+        open_data(folder)  # packs once here, so the children only map the pack
+        fast = in_fresh_process(measure_fast, spec, folder)
+        bf16_ratio = in_fresh_process(measure_bf16_products, spec)
+        naive = in_fresh_process(measure_straightforward, spec, folder)
+    state = model_state_bytes(spec.synth_spec().adapter_dims())
+    return BenchReport(spec, describe_machine(spec.device), [
+        speed_section(spec, fast, naive),
+        step_section(fast, bf16_ratio),
+        memory_section(state, fast, naive),
+        padding_section(spec),
+    ])
+
+
+def in_fresh_process(fn, *args):
+    """`fn(*args)` in a new interpreter: its peak RSS is its own, not this process's."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(device: torch.device) -> float:
+    """Seconds, once the device has finished what was queued (CUDA runs asynchronously)."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+# --- the real trainer ---------------------------------------------------------------
+
+def open_data(folder: Path):
+    data = folder / "data"
+    return load_data(data / "train.json", data / "val.json", cache_root=folder / "cache")
+
+
+def measure_fast(spec: BenchSpec, folder: Path) -> TrainerResult:
+    """The trainer's own step, phase by phase, with its floor measured between steps.
+
+    Timing the floor in the same process, interleaved with the steps, means both see the
+    same load from whatever else runs on the machine; the ratio is taken step by step.
+    """
+    from .trainer import Run
+
+    data = open_data(folder)
+    run = Run(spec.train_config(), data)
+    device = run.runtime.device
+    run.model.train()
+    batches = endless(run.train_loader)
+    samples, products, ratios = [], [], []
+    for i in range(spec.warmup + spec.steps):
+        t0 = clock(device)
+        batch = next(batches).to(device, non_blocking=True)
+        t1 = clock(device)
+        loss = run.forward_loss(batch)
+        t2 = clock(device)
+        run.backward(loss)
+        t3 = clock(device)
+        run.clip_gradients()
+        t4 = clock(device)
+        run.apply_gradients()
+        t5 = clock(device)
+        # Free this step's gradients first, so the floor's products reuse their memory.
+        run.optimizer.zero_grad(set_to_none=True)
+        floor_products = time_step_products(run, batch)
+        if i >= spec.warmup:
+            samples.append([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4])
+            products.append(floor_products)
+            ratios.append((t5 - t0) / (floor_products + t5 - t4))
+    times = median_times(samples)
+    started = time.perf_counter()
+    run.validate()
+    val_seconds = time.perf_counter() - started
+    return TrainerResult(spec.batch_size / times.step, peak_rss(), times,
+                         len(data.val) / val_seconds, statistics.median(products),
+                         statistics.median(ratios))
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def median_times(samples: list[list[float]]) -> StepTimes:
+    phases = (statistics.median(col) for col in zip(*samples))
+    return StepTimes(*phases, step=statistics.median(sum(s) for s in samples))
+
+
+# --- the floor ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Product:
+    """`a @ b` as one of the step's products: shapes of a and b."""
+
+    a: tuple[int, int]
+    b: tuple[int, int]
+
+
+def step_products(dims: AdapterDims, batch: int, n_latter: int) -> list[Product]:
+    """Every matrix product of one training step: forward, weight and input gradients.
+
+    The adapter's inputs need no gradient, so proj1 and proj1_vf have none for them.
+    """
+    frame = dims.layers * dims.channels
+    first_rows = batch
+    latter_rows = batch * n_latter
+    rows = first_rows + latter_rows
+    inter, out = dims.intermediate_dim, dims.context_tokens * dims.output_dim
+    layers = [(first_rows, dims.first_width * frame, inter, False),
+              (latter_rows, dims.latter_width * frame, inter, False),
+              (rows, inter, inter, True), (rows, inter, out, True)]
+    products = []
+    for n, k, m, input_grad in layers:
+        products.append(Product((n, k), (k, m)))  # forward: x @ W^T
+        products.append(Product((m, n), (n, k)))  # weight gradient: dy^T @ x
+        if input_grad:
+            products.append(Product((n, m), (m, k)))  # input gradient: dy @ W
+    return products
+
+
+# For each product of `step_products`: the layer whose weight is its right operand, and
+# whether transposed (forward: x @ W^T; input gradient: dy @ W); None: no weight in it.
+PRODUCT_WEIGHTS = [("proj1", True), None, ("proj1_vf", True), None,
+                   ("proj2", True), None, ("proj2", False), ("proj3", True), None, ("proj3", False)]
+WEIGHT_LAYERS = ("proj1", "proj1_vf", "proj2", "proj3")
+
+
+def step_operands(dims: AdapterDims, batch: int, n_latter: int, weights: dict, dtype,
+                  device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Operand pairs of `step_products`, the layers' own weights where a weight is used."""
+    pairs = []
+    for product, uses in zip(step_products(dims, batch, n_latter), PRODUCT_WEIGHTS):
+        a = torch.randn(product.a, device=device, dtype=dtype)
+        if uses is None:
+            b = torch.randn(product.b, device=device, dtype=dtype)
+        else:
+            weight = weights[uses[0]].to(dtype)
+            b = weight.t() if uses[1] else weight
+        pairs.append((a, b))
+    return pairs
+
+
+def multiply(pairs) -> None:
+    for a, b in pairs:
+        torch.mm(a, b)
+
+
+def time_step_products(run, batch) -> float:
+    """One pass over the step's products with the run's weights, in the step's precision."""
+    dims, device = run.dims, run.runtime.device
+    weights = {name: getattr(run.model, name).weight.detach() for name in WEIGHT_LAYERS}
+    # CUDA autocast multiplies bf16 copies; time the products on bf16 tensors, not the casts.
+    dtype = run.runtime.autocast_dtype or torch.float32
+    pairs = step_operands(dims, batch.size, batch.latter.shape[1], weights, dtype, device)
+    started = clock(device)
+    with run.runtime.autocast():
+        multiply(pairs)
+    return clock(device) - started
+
+
+def measure_bf16_products(spec: BenchSpec, repeats: int = 7) -> float:
+    """Time of the step's products on bf16 tensors over their time in the step's precision.
+
+    The floor uses the step's own precision (CPU: float32 tensors, bf16 inside oneDNN);
+    this says how much lower a floor of products on bf16 tensors (no conversion) would be.
+    """
+    runtime = resolve_runtime(spec.device, spec.mixed_precision)
+    device, dims = runtime.device, spec.synth_spec().adapter_dims()
+    model = AudioProjModel(dims).to(device)
+    weights = {name: getattr(model, name).weight.detach() for name in WEIGHT_LAYERS}
+    dtype = runtime.autocast_dtype or torch.float32
+    n_latter = n_latents(spec.frames, dims.vae_scale) - 1
+    same = step_operands(dims, spec.batch_size, n_latter, weights, dtype, device)
+    bf16 = step_operands(dims, spec.batch_size, n_latter, weights, torch.bfloat16, device)
+    ratios = []
+    for i in range(2 + repeats):  # alternated, so both see the same machine load
+        started = clock(device)
+        with runtime.autocast():
+            multiply(same)
+        middle = clock(device)
+        multiply(bf16)
+        if i >= 2:
+            ratios.append((clock(device) - middle) / (middle - started))
+    return statistics.median(ratios)
+
+
+# --- the straightforward trainer ----------------------------------------------------
+
+def measure_straightforward(spec: BenchSpec, folder: Path) -> TrainerResult:
+    config = spec.train_config()
+    entries = read_manifest(folder / "data" / "train.json")
+    torch.manual_seed(config.seed)
+    model = AudioProjModel(spec.synth_spec().adapter_dims())
+    trainer = StraightforwardTrainer(model, WindowSpec(config.audio_window, config.vae_scale),
+                                     config.lr, config.weight_decay, config.grad_clip)
+    batches = [entries[i:i + spec.batch_size] for i in range(0, len(entries), spec.batch_size)]
+    seconds = []
+    for i in range(spec.warmup + spec.steps):
+        started = time.perf_counter()
+        trainer.step(batches[i % len(batches)])
+        if i >= spec.warmup:
+            seconds.append(time.perf_counter() - started)
+    step = statistics.median(seconds)
+    return TrainerResult(spec.batch_size / step, peak_rss())
+
+
+# --- padding ------------------------------------------------------------------------
+
+def padding_fractions(spec: BenchSpec) -> tuple[float, float]:
+    """Padded fraction of one epoch over mixed lengths: (no bucketing, bucketing)."""
+    low, high = spec.mixed_lengths
+    gen = torch.Generator().manual_seed(spec.seed)
+    lengths = torch.randint(low, high + 1, (spec.mixed_clips,), generator=gen)
+    return tuple(
+        padded_fraction(BatchSampler(lengths, spec.batch_size, spec.seed, bucket=b).batches(), lengths)
+        for b in (False, True)
+    )
+
+
+# --- the report ---------------------------------------------------------------------
+
+def model_state_bytes(dims: AdapterDims) -> int:
+    """Parameters, gradients and AdamW's two moments, all float32."""
+    with torch.device("meta"):
+        count = AudioProjModel(dims).parameter_count()
+    return 4 * 4 * count
+
+
+def describe_machine(device: str) -> str:
+    import os
+    import platform
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    pages = "huge pages" if huge_pages_requested() else "4 KiB pages"
+    return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {pages}"
+
+
+def speed_section(spec: BenchSpec, fast: TrainerResult, naive: TrainerResult) -> Section:
+    ratio = fast.clips_per_s / naive.clips_per_s
+    return Section("Speed", [
+        Row("clips/s, fast trainer", fast.clips_per_s, "clips/s"),
+        Row("clips/s, straightforward trainer", naive.clips_per_s, "clips/s",
+            "torch.load per clip, all T windows, fp32, AdamW foreach=False"),
+        Row("fast / straightforward", ratio, "x", verdict(ratio >= 4, "target >= 4x")),
+        Row("validation clips/s, fast trainer", fast.val_clips_per_s, "clips/s", "no_grad"),
+    ])
+
+
+def step_section(fast: TrainerResult, bf16_ratio: float) -> Section:
+    t = fast.times
+    floor = fast.products + t.adamw
+    return Section("Step (median)", [
+        Row("step", 1000 * t.step, "ms"),
+        Row("  batch gather", 1000 * t.gather, "ms", "index_select from the mapped pack"),
+        Row("  forward + loss", 1000 * t.forward, "ms"),
+        Row("  backward", 1000 * t.backward, "ms"),
+        Row("  grad clip", 1000 * t.clip, "ms"),
+        Row("  fused AdamW", 1000 * t.adamw, "ms"),
+        Row("floor", 1000 * floor, "ms", "the step's matrix products + one fused AdamW step"),
+        Row("  matrix products", 1000 * fast.products, "ms",
+            "fwd + bwd of proj1, proj1_vf, proj2, proj3; same shapes and precision"),
+        Row("step / floor", fast.step_over_floor, "x",
+            verdict(fast.step_over_floor <= 1.5, "target <= 1.5x; median of per-step ratios")),
+        Row("products: bf16 tensors / step's precision", bf16_ratio, "x",
+            "below 1: a floor on bf16 tensors would be that much lower"),
+    ])
+
+
+def memory_section(state: int, fast: TrainerResult, naive: TrainerResult) -> Section:
+    target = RSS_FACTOR * state + RSS_ALLOWANCE
+    return Section("Memory", [
+        Row("model state", state / MB, "MB", "params + grads + 2 AdamW moments, fp32"),
+        Row("peak RSS, fast trainer", fast.peak_rss / MB, "MB",
+            verdict(fast.peak_rss <= target, f"target <= 1.3 x state + 400 MB = {target / MB:.0f} MB")),
+        Row("peak RSS / target", fast.peak_rss / target, "x"),
+        Row("peak RSS, straightforward trainer", naive.peak_rss / MB, "MB"),
+    ])
+
+
+def padding_section(spec: BenchSpec) -> Section:
+    plain, bucketed = padding_fractions(spec)
+    low, high = spec.mixed_lengths
+    where = f"{spec.mixed_clips} clips of {low}..{high} frames, batch {spec.batch_size}"
+    return Section("Padding (one epoch)", [
+        Row("padded fraction, no bucketing", 100 * plain, "%", where),
+        Row("padded fraction, length bucketing", 100 * bucketed, "%", where),
+    ])
+
+
+def verdict(met: bool, target: str) -> str:
+    return f"{'met' if met else 'MISSED'}: {target}"
