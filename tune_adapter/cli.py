@@ -177,6 +177,7 @@ def search(
     address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one")] = None,
     max_failures: Annotated[Optional[int], typer.Option(help="Retries of a failing trial [1]")] = None,
     mixed_precision: Annotated[bool, typer.Option(help="bf16 autocast in every trial")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N epochs and at a trial's end (fewer: less I/O, coarser resume and export)")] = 1,
     cache_dir: CacheDir = None,
     top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
 ):
@@ -194,7 +195,7 @@ def search(
         grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, storage=storage, name=name,
         seed=seed, resume=resume, address=address, max_failures=max_failures,
-        mixed_precision=mixed_precision, cache_dir=cache_dir,
+        mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, cache_dir=cache_dir,
     )
     outcome = run_search(options, console=console)
     folder, info = open_experiment(outcome.experiment_dir)
@@ -375,10 +376,27 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     mixed_precision: Annotated[bool, typer.Option(help="bf16 matrix products (CPU) / bf16 autocast (CUDA)")] = True,
     lengths: Annotated[tuple[int, int], typer.Option(help="Clip lengths of the padding measurement")] = (21, 121),
+    search: Annotated[bool, typer.Option("--search", help="Instead: memory and overhead of two concurrent trials")] = False,
+    asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
+    work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
 ):
-    """Time the trainer against its floor and a straightforward trainer; report RSS and padding."""
+    """Time the trainer against its floor and a straightforward trainer; report RSS and padding.
+
+    --search runs two InfiniteTalk-sized trials at once through Ray Tune; --asha runs the
+    default search with ASHA and then the same 16 configurations without pruning."""
     from .bench import BenchSpec, run_bench
-    from .display import bench_table, console
+    from .display import bench_table, console, sections_table
+
+    if search or asha:
+        from .search.asha_bench import bench_asha
+        from .search.search_bench import bench_search
+
+        run, space, what = ((bench_search, "bench.py", "search cost") if search
+                            else (bench_asha, "default.py", "ASHA against no pruning"))
+        with console.status(f"benchmarking: {what} (real searches; minutes)"):
+            sections = run(work_dir, Path("search_spaces") / space)
+        console.print(sections_table(f"tune-adapter bench: {what}", sections))
+        return
 
     spec = BenchSpec(dims=dims, frames=frames, batch_size=batch_size, steps=steps, device=device,
                      mixed_precision=mixed_precision, mixed_lengths=lengths)

@@ -102,12 +102,17 @@ def bench_table(report) -> Table:
     title = (f"tune-adapter bench: {spec.dims} dims, {spec.frames}-frame clips, batch "
              f"{spec.batch_size}, {spec.steps} steps, {spec.device}, "
              f"{'mixed precision' if spec.mixed_precision else 'fp32'} ({report.machine})")
+    return sections_table(title, report.sections)
+
+
+def sections_table(title: str, sections) -> Table:
+    """Benchmark sections (`bench.Section`) as one table, a heading row per section."""
     table = Table(title=title, title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("unit")
     table.add_column("note")
-    for section in report.sections:
+    for section in sections:
         table.add_row(f"[bold]{section.title}", "", "", "")
         for row in section.rows:
             table.add_row(row.name, format_value(row.value), row.unit, row.note)
@@ -117,4 +122,6 @@ def bench_table(report) -> Table:
 def format_value(value: float) -> str:
     if value != value:  # NaN: not measured
         return "-"
+    if abs(value) < 1:
+        return f"{value:.4g}"
     return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"

@@ -88,6 +88,20 @@ def make_loader(pack: PackedClips, spec: WindowSpec, layout: str, sampler, confi
     )
 
 
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, device: torch.device) -> None:
+    """clip_grad_norm_, without its second pass over the gradients when none is needed.
+
+    clip_grad_norm_ always multiplies every gradient by min(1, max_norm / norm) so that a
+    GPU never waits for the norm. On the CPU the norm is known at once, and skipping the
+    multiplication when the norm is within bounds halves the cost (a pass over 74M floats,
+    about 15 ms here). Same result either way.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if device.type != "cpu" or norm > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+
+
 class Run:
     """The state of one training run; `train()` below drives it epoch by epoch."""
 
@@ -173,7 +187,7 @@ class Run:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            clip_gradients(list(self.model.parameters()), self.config.grad_clip, self.runtime.device)
 
     def apply_gradients(self) -> None:
         if self.scaler is not None:

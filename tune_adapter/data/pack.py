@@ -115,7 +115,8 @@ def pack_manifests(
 
     A bad clip anywhere leaves the cache as it was: nothing half-built stays behind.
     """
-    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    # Absolute: trials in other working folders (Ray's) open the pack by this path.
+    cache_root = (Path(cache_root) if cache_root else default_cache_root()).resolve()
     roots = [cache_root / pack_key(entries) for entries, _ in splits]
     made_root = not cache_root.exists()
     building: dict[Path, Path] = {}

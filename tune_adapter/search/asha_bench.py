@@ -123,3 +123,28 @@ def compare_asha(options: SearchOptions) -> AshaComparison:
 def _plain(config: dict) -> dict:
     """numpy scalars from pandas back to Python numbers, as the trainer's config wants."""
     return {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
+
+
+def asha_sections(result: AshaComparison) -> list:
+    from ..bench import Row, Section, verdict
+
+    rows = []
+    for run in (result.asha, result.full):
+        rows += [Row(f"best val_l1, {run.label}", run.best_val_l1, ""),
+                 Row(f"epochs, {run.label}", run.epochs, "epochs", f"{run.trials} trials"),
+                 Row(f"wall time, {run.label}", run.wall_seconds, "s")]
+    rows += [
+        Row("ASHA best / unpruned best", 1 + result.gap, "x",
+            verdict(result.gap <= 0.05, "target: within 5% of the unpruned best")),
+        Row("ASHA epochs / unpruned epochs", result.epoch_share, "x",
+            verdict(result.epoch_share <= 0.40, "target <= 0.40")),
+    ]
+    return [Section("ASHA against no pruning (same configurations)", rows)]
+
+
+def bench_asha(work: Path, space: Path, trials: int = 16, epochs: int = 10) -> list:
+    """ASHA against no pruning on the quickstart's synthetic per-frame data."""
+    options = SearchOptions(space=space, storage=work / "results", num_samples=trials, max_epochs=epochs,
+                            grace_period=1, reduction_factor=3, name=f"asha-{time.time_ns()}",
+                            quiet=True, cache_dir=work / "cache")
+    return asha_sections(compare_asha(options))

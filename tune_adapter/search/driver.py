@@ -186,7 +186,8 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
     check_space(probed, space, None if data.train.is_frame_layout() else data.train.latent_scales())
     keys = probed.params
     info = experiment_info(options, space, keys, probed)
-    base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision)
+    base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
+                       save_every=options.checkpoint_every)
     setup = trial_setup(options, data, keys, base)
     started = start_ray(options)
     try:

@@ -40,6 +40,9 @@ class SearchOptions:
     resume: bool = False
     address: str | None = None
     mixed_precision: bool = False
+    # Checkpoint every N epochs (and at a trial's last): at InfiniteTalk's sizes a
+    # checkpoint is about 0.9 GB, written once to scratch and once by Tune to storage.
+    checkpoint_every: int = 1
     cache_dir: Path | None = None
     quiet: bool = False  # no live table (tests, scripts)
     extra: dict = field(default_factory=dict)
@@ -53,6 +56,7 @@ class SearchOptions:
             "--gpus-per-trial": self.gpus_per_trial is None or self.gpus_per_trial >= 0,
             "--max-concurrent": self.max_concurrent is None or self.max_concurrent >= 1,
             "--max-failures": self.max_failures >= 0,
+            "--checkpoint-every": self.checkpoint_every >= 1,
         }
         for flag, ok in checks.items():
             if not ok:

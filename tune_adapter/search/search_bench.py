@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..results import read_epochs
+from ..errors import UserError
+from ..results import read_epochs, read_trials
 from .driver import run_search
 from .options import SearchOptions
 
@@ -104,7 +105,65 @@ def measure_search(options: SearchOptions) -> SearchCost:
     wall = time.monotonic() - started
     sampler.stop.set()
     thread.join()
+    failed = read_trials(outcome.experiment_dir).query("status == 'error'")
+    if len(failed):
+        raise UserError(f"a benchmark trial failed: {failed['error'].iloc[0]}")
     epochs = read_epochs(outcome.experiment_dir)
     slots = options.max_concurrent or 1
     return SearchCost(wall, float(epochs["epoch_seconds"].sum()), slots, sampler.peak(slots),
                       data_bytes, outcome.num_samples)
+
+
+def search_sections(cost: SearchCost, model_state: int, batch_bytes: int) -> list:
+    """Memory of the concurrent trials against one copy of the data plus their own state."""
+    from ..bench import MB, Row, Section, verdict
+
+    budget = 1.15 * (cost.data_bytes + cost.slots * (model_state + batch_bytes))
+    rows = [
+        Row("trials at once", cost.slots, "", f"{cost.trials} trials"),
+        Row("packed data (one copy)", cost.data_bytes / MB, "MB", "audio.f32 + targets.f32, mapped"),
+        Row("model + optimizer + batch, per trial", (model_state + batch_bytes) / MB, "MB"),
+    ]
+    if cost.peak is not None:
+        rows += [
+            Row("total PSS of the trial processes", cost.peak.pss / MB, "MB",
+                verdict(cost.peak.pss <= budget, f"target <= 1.15 x (data + {cost.slots} x state) = "
+                        f"{budget / MB:.0f} MB")),
+            Row("total RSS (shared pages counted per process)", cost.peak.rss / MB, "MB"),
+        ]
+    rows += [
+        Row("search wall time", cost.wall_seconds, "s", "Ray start to the last trial's end"),
+        Row("time inside the trainers (epochs)", cost.trainer_seconds, "s", "summed over trials"),
+        Row("outside the trainers", 100 * cost.outside_fraction, "%",
+            verdict(cost.outside_fraction < 0.15, "target < 15% (Ray start, scheduling, checkpoint I/O, idle)")),
+        Row("trial length", cost.trainer_seconds / cost.trials, "s", "mean time in the trainer per trial"),
+    ]
+    return [Section("Search: two trials sharing one packed cache", rows)]
+
+
+def bench_search(work: Path, space: Path, trials: int = 2, epochs: int = 4, clips: int = 48) -> list:
+    """Two InfiniteTalk-sized trials at once on a synthetic dataset; the report's sections."""
+    from ..adapter import AdapterDims
+    from ..bench import model_state_bytes
+    from ..synth import SynthSpec, write_synth
+
+    data = work / "data"
+    if not (data / "train.json").is_file():
+        write_synth(data, SynthSpec(dims="infinitetalk", train_clips=clips, val_clips=clips // 3,
+                                    min_frames=81, max_frames=81))
+    options = SearchOptions(space=space, manifest=data / "train.json", val_manifest=data / "val.json",
+                            num_samples=trials, max_epochs=epochs, grace_period=epochs,
+                            cpus_per_trial=1, max_concurrent=2, storage=work / "results",
+                            name=f"search-{time.time_ns()}", quiet=True, cache_dir=work / "cache")
+    cost = measure_search(options)
+    dims = AdapterDims()
+    return search_sections(cost, model_state_bytes(dims), batch_bytes(dims, batch=4, frames=81))
+
+
+def batch_bytes(dims, batch: int, frames: int) -> int:
+    """A padded batch of 81-frame clips: adapter inputs plus per-frame targets, float32."""
+    latents = 1 + -(-(frames - 1) // dims.vae_scale)
+    rows = dims.first_width + (latents - 1) * dims.latter_width
+    inputs = batch * rows * dims.layers * dims.channels * 4
+    targets = batch * frames * dims.context_tokens * dims.output_dim * 4
+    return inputs + targets
