@@ -3,7 +3,6 @@ from pathlib import Path
 import os
 
 import pytest
-import torch
 
 from tune_adapter.synth import SynthSpec, write_synth
 

@@ -30,15 +30,12 @@ def format_metrics(metrics: dict) -> str:
     return "  ".join(parts)
 
 
-class TrainProgressBar:
-    """One bar per epoch, a metrics line when it ends (the trainer's Progress protocol)."""
+class ProgressView:
+    """A rich progress display that is shown while the `with` block runs."""
 
-    def __init__(self, out: Console = console):
-        self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-            TimeElapsedColumn(), console=out,
-        )
+    def __init__(self, label: str, detail: str, out: Console = console):
+        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn(detail), TimeElapsedColumn(), console=out)
         self.task = None
 
     def __enter__(self):
@@ -47,6 +44,14 @@ class TrainProgressBar:
 
     def __exit__(self, *exc):
         self.progress.stop()
+
+
+class TrainProgressBar(ProgressView):
+    """One bar per epoch, a metrics line when it ends (the trainer's Progress protocol)."""
+
+    def __init__(self, out: Console = console):
+        super().__init__("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}",
+                         "{task.fields[loss]}", out)
 
     def epoch_started(self, epoch, epochs, steps):
         self.task = self.progress.add_task("train", total=steps, epoch=epoch, epochs=epochs, loss="")

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .display import console
+from .display import ProgressView, console
 from .extract import ExtractResult
 from .teacher import describe
 
 
-class ExtractProgressBar:
+class ExtractProgressBar(ProgressView):
     """One bar over the WAV files (the extract's Progress protocol)."""
 
     def __init__(self, out: Console = console):
-        self.progress = Progress(
-            TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[clip]}"), TimeElapsedColumn(), console=out,
-        )
-        self.task = None
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
+        super().__init__("[bold]extract", "{task.fields[clip]}", out)
 
     def started(self, total, dims):
         self.progress.console.print(f"teacher adapter (inferred from its audio_proj.* shapes): {describe(dims)}")

@@ -66,8 +66,7 @@ def smooth_embeddings(frames: int, mixing: torch.Tensor, gen: torch.Generator) -
     Like wav2vec2 features, the frames vary slowly and span few directions of the L*C
     space; that keeps the teacher learnable from a few dozen clips.
     """
-    rank, (layers, channels) = mixing.shape[0], mixing.shape[1:]
-    noise = torch.randn(frames, rank, generator=gen)
+    noise = torch.randn(frames, mixing.shape[0], generator=gen)
     state = torch.empty_like(noise)
     state[0] = noise[0]
     innovation = (1 - SMOOTHNESS**2) ** 0.5
