@@ -4,7 +4,7 @@ A training step at InfiniteTalk's dims frees and re-allocates about 0.5 GB of la
 tensors (weight gradients, per-frame loss terms). glibc maps each one fresh and unmaps it
 on free, so every step faults it in again 4 KiB at a time: about a third of the step on
 the 2-core bench CPU (bf16 autocast step 314 ms -> 238 ms with huge pages, fp32 297 -> 266
-ms; docs/performance.md). torch's CPU allocator asks for transparent huge pages (2 MiB,
+ms; README.md, Performance). torch's CPU allocator asks for transparent huge pages (2 MiB,
 512x fewer faults) when THP_MEM_ALLOC_ENABLE=1 is in the environment the first time it
 allocates, so this must run before torch allocates anything: the package's __init__
 calls it. Set THP_MEM_ALLOC_ENABLE=0 to opt out.

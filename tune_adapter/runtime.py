@@ -47,7 +47,7 @@ class Runtime:
 def bf16_matmul():
     """float32 matrix products computed by oneDNN in bf16 (AMX), float32 in and out.
 
-    Chosen over CPU bf16 autocast by measurement (docs/performance.md): autocast casts all
+    Chosen over CPU bf16 autocast by measurement (README.md, Performance): autocast casts all
     74M float32 weights to bf16 every forward and the bf16 weight gradients back to float32
     in backward, about 70 ms of a 220 ms step on the 2-core bench CPU; oneDNN converts
     while it packs the operands, so those passes disappear, and the weight gradients come

@@ -3,7 +3,7 @@
 It does what a first version of the seed guide's script would: `torch.load` every clip of
 the batch at every step, build a window around every video frame and regroup them per
 latent the way InfiniteTalk's code does, run in float32, and step an unfused AdamW.
-Its numbers are the baseline of the "fast / straightforward" ratio in docs/performance.md.
+Its numbers are the baseline of the "fast / straightforward" ratio in README.md, Performance.
 """
 
 from __future__ import annotations
