@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -84,7 +85,13 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     if already_finished(setup):
         return
     data = TrainData(open_pack(Path(setup.train_pack)), open_pack(Path(setup.val_pack)))
-    with tempfile.TemporaryDirectory(prefix="tune-adapter-trial-", dir=scratch_root()) as scratch, \
-            resume_folder(tune.get_checkpoint()) as resume_from:
-        train(trial_config(setup, config), data, report=report_to_tune,
-              output_dir=Path(scratch), resume_from=resume_from)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tune-adapter-trial-", dir=scratch_root()) as scratch, \
+                resume_folder(tune.get_checkpoint()) as resume_from:
+            train(trial_config(setup, config), data, report=report_to_tune,
+                  output_dir=Path(scratch), resume_from=resume_from)
+    finally:
+        # The actor is reused for the next trial: free this trial's model and optimizer
+        # (some held in reference cycles) before that one allocates its own.
+        del data
+        gc.collect()
