@@ -5,6 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
+from fakes import random_adapter, write_infinitetalk
+from safetensors import safe_open
+
 from tune_adapter.data import load_data
 from tune_adapter.export import load_exported
 from tune_adapter.results import read_epochs, read_info, read_trials
@@ -128,3 +132,16 @@ def test_search_results_and_best_commands(tmp_path, synth_small):
     metrics = evaluate_pack(model, val)
     for key in ("val_l1", "val_mse", "val_cos"):
         assert metrics[key] == pytest.approx(winner[f"best_{key}"], rel=1e-5)
+
+    # --merge-into: a copy of InfiniteTalk's weights with the winner's audio_proj.* inside.
+    target = write_infinitetalk(tmp_path / "infinitetalk.safetensors", random_adapter(model.dims, seed=1))
+    merged = runner.invoke(app, ["best", "--experiment", str(folder), "--export", str(tmp_path / "m"),
+                                 "--merge-into", str(target)])
+    assert merged.exit_code == 0, merged.output
+    with safe_open(tmp_path / "m" / "infinitetalk.safetensors", "pt") as new, safe_open(target, "pt") as old:
+        assert set(new.keys()) == set(old.keys())
+        for key in new.keys():
+            if key.startswith("audio_proj."):
+                assert torch.equal(new.get_tensor(key), model.state_dict()[key.removeprefix("audio_proj.")])
+            else:
+                assert torch.equal(new.get_tensor(key), old.get_tensor(key))
