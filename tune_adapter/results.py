@@ -241,9 +241,12 @@ def latest_experiment(storage: Path = Path("results")) -> Path:
 def open_experiment(folder: Path | None, storage: Path = Path("results")) -> tuple[Path, ExperimentInfo]:
     """An experiment folder (the latest when None) and its description."""
     folder = latest_experiment(storage) if folder is None else Path(folder)
-    if not (folder / TRIALS_FILE).is_file() or not (folder / EPOCHS_FILE).is_file():
-        raise UserError(f"{folder} holds no {TRIALS_FILE} and {EPOCHS_FILE}: give the folder of a "
-                        "search (results/NAME)")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: give the folder of a search (results/NAME)")
+    for name in (TRIALS_FILE, EPOCHS_FILE):
+        if not (folder / name).is_file():
+            raise UserError(f"{folder} has no {name}: give the folder `tune-adapter search` "
+                            "wrote (results/NAME)")
     try:
         return folder, read_info(folder)
     except (ValueError, OSError) as exc:

@@ -10,7 +10,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, json_to_distribution
 
 from ..errors import UserError
-from ..results import EPOCHS_FILE, TRIALS_FILE, ExperimentInfo, read_epochs, read_info, read_trials
+from ..results import ExperimentInfo, open_experiment, read_epochs, read_trials
 
 RANK_METRIC = "best_val_l1"  # the trial store keeps each trial's best epoch by val_l1
 
@@ -49,18 +49,7 @@ class Experiment:
 
 def load_experiment(folder: Path) -> Experiment:
     """Read and check an experiment folder; a folder the report cannot use is a UserError."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder: pass --experiment results/NAME "
-                        "(a folder `tune-adapter search` wrote)")
-    for name in (TRIALS_FILE, EPOCHS_FILE):
-        if not (folder / name).is_file():
-            raise UserError(f"{folder} has no {name}: pass an experiment folder that "
-                            "`tune-adapter search` wrote (results/NAME)")
-    try:
-        info = read_info(folder)
-    except ValueError as exc:
-        raise UserError(f"{exc}: pass an experiment folder that `tune-adapter search` wrote") from None
+    folder, info = open_experiment(folder)
     trials = read_trials(folder).sort_values("number", kind="stable").reset_index(drop=True)
     epochs = read_epochs(folder).sort_values(["trial_id", "epoch"], kind="stable")
     experiment = Experiment(folder, info, trials, epochs.reset_index(drop=True))

@@ -17,14 +17,14 @@ from ..results import ExperimentInfo
 STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
 
 
-def format_value(value) -> str:
+def format_param(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if value and (abs(value) < 1e-3 or abs(value) >= 1e4) else f"{value:.4g}"
     return str(value)
 
 
 def params_text(params: dict) -> str:
-    return "  ".join(f"{k}={format_value(v)}" for k, v in params.items())
+    return "  ".join(f"{k}={format_param(v)}" for k, v in params.items())
 
 
 class LiveTable(Callback):
@@ -94,7 +94,7 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
     for rank, row in enumerate(ranked, start=1):
         epoch = row["best_epoch"]
         table.add_row(
-            str(rank), row["trial_id"], row["status"], *(format_value(row[p]) for p in varying),
+            str(rank), row["trial_id"], row["status"], *(format_param(row[p]) for p in varying),
             _metric(row["best_val_l1"]), _metric(row["best_val_cos"]),
             "-" if epoch is None or _isnan(epoch) else str(int(epoch)),
         )

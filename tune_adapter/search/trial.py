@@ -66,30 +66,53 @@ def scratch_root() -> str | None:
     return SHM if usage.free > SHM_NEEDED else None
 
 
-def already_finished(setup: TrialSetup) -> bool:
-    """True for a trial the store holds as finished (Ray can rerun one after a crash)."""
+def recorded_result(setup: TrialSetup) -> dict | None:
+    """The last epoch of a trial the store holds as finished, else None.
+
+    After a SIGKILL, Tune can run a finished trial again from its stale snapshot.
+    """
     folder = Path(setup.experiment_dir)
     if not (folder / "trials.parquet").is_file():
-        return False
+        return None
     from ..results import read_info
 
     store = TrialStore(folder, read_info(folder))
-    return store.is_finished(tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    record = store.trials.get(trial_id)
+    if not store.is_finished(trial_id) or not record.epochs:
+        return None
+    last = max(record.epochs)
+    return {**record.epochs[last], "epoch": last}
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
-    """The Tune function trainable. Actors are reused, so it sets all its state itself."""
+    """The Tune function trainable. Actors are reused, so it sets all its state itself.
+
+    A trial with nothing left to train (finished before a crash, or resumed from its last
+    epoch's checkpoint) still reports its last result once: Tune's scheduler requires
+    every trial's final result to carry the metric.
+    """
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     torch.set_num_threads(setup.threads)
-    if already_finished(setup):
+    finished = recorded_result(setup)
+    if finished is not None:
+        tune.report(finished)
         return
     data = TrainData(open_pack(Path(setup.train_pack)), open_pack(Path(setup.val_pack)))
+    reports = []
+
+    def report(metrics: dict, checkpoint: Path | None) -> None:
+        reports.append(metrics)
+        report_to_tune(metrics, checkpoint)
+
     try:
         with tempfile.TemporaryDirectory(prefix="tune-adapter-trial-", dir=scratch_root()) as scratch, \
                 resume_folder(tune.get_checkpoint()) as resume_from:
-            train(trial_config(setup, config), data, report=report_to_tune,
-                  output_dir=Path(scratch), resume_from=resume_from)
+            result = train(trial_config(setup, config), data, report=report,
+                           output_dir=Path(scratch), resume_from=resume_from)
+        if not reports and result.last is not None:
+            tune.report(dict(result.last))
     finally:
         # The actor is reused for the next trial: free this trial's model and optimizer
         # (some held in reference cycles) before that one allocates its own.
