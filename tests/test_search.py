@@ -145,3 +145,15 @@ def test_search_results_and_best_commands(tmp_path, synth_small):
                 assert torch.equal(new.get_tensor(key), model.state_dict()[key.removeprefix("audio_proj.")])
             else:
                 assert torch.equal(new.get_tensor(key), old.get_tensor(key))
+
+
+def test_scratch_of_dead_trial_processes_is_removed(tmp_path):
+    from tune_adapter.search.trial import SCRATCH_PREFIX, remove_stale_scratch, scratch_prefix
+
+    mine = tmp_path / f"{scratch_prefix()}abc"
+    dead = tmp_path / f"{SCRATCH_PREFIX}999999999-abc"
+    other = tmp_path / "unrelated"
+    for folder in (mine, dead, other):
+        folder.mkdir()
+    remove_stale_scratch(str(tmp_path))
+    assert mine.exists() and other.exists() and not dead.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -53,6 +54,22 @@ def report_to_tune(metrics: dict, checkpoint: Path | None) -> None:
     if checkpoint is not None:
         # Tune has copied it into the trial's storage folder: the scratch copy is spent.
         shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+SCRATCH_PREFIX = "tune-adapter-trial-"
+
+
+def scratch_prefix() -> str:
+    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+
+
+def remove_stale_scratch(root: str | None) -> None:
+    """Scratch folders of trial processes that died (a killed search) hold up to a
+    checkpoint each in memory (/dev/shm) until removed: remove those of dead processes."""
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def scratch_root() -> str | None:
@@ -106,8 +123,10 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         reports.append(metrics)
         report_to_tune(metrics, checkpoint)
 
+    root = scratch_root()
+    remove_stale_scratch(root)
     try:
-        with tempfile.TemporaryDirectory(prefix="tune-adapter-trial-", dir=scratch_root()) as scratch, \
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=root) as scratch, \
                 resume_folder(tune.get_checkpoint()) as resume_from:
             result = train(trial_config(setup, config), data, report=report,
                            output_dir=Path(scratch), resume_from=resume_from)
