@@ -12,18 +12,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..results import read_trials
-from ..space import load_space, probe_space
+from ..results import read_info, read_trials
 from .driver import (
-    experiment_info,
     max_concurrent,
-    prepare_data,
+    prepare_search,
+    ray_session,
     run_search,
-    start_ray,
     trial_dirname,
     trial_resources,
-    trial_setup,
 )
 from .options import SearchOptions
 from .record import StoreCallback
@@ -64,29 +60,19 @@ def train_without_pruning(options: SearchOptions, configs: list[dict]) -> Path:
     """Every configuration to max epochs: FIFO scheduler, one grid point per configuration."""
     from ray import tune
 
-    space = load_space(options.space)
-    probed = probe_space(space, options.seed)
-    data = prepare_data(options)
-    info = experiment_info(options, space, probed.params, probed)
-    setup = trial_setup(options, data, probed.params, TrainConfig(epochs=options.max_epochs))
-    started = start_ray(options)
-    try:
+    prepared = prepare_search(options)
+    with ray_session(options):
         resources = trial_resources(options)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources),
+            tune.with_resources(tune.with_parameters(run_trial, setup=prepared.setup), resources),
             param_space=fixed_points(configs),
             tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=trial_dirname,
                                         max_concurrent_trials=max_concurrent(options, resources)),
             run_config=tune.RunConfig(name=options.experiment_name, verbose=0,
                                       storage_path=str(options.experiment_dir.parent),
-                                      callbacks=[StoreCallback(options.experiment_dir, info)]),
+                                      callbacks=[StoreCallback(options.experiment_dir, prepared.info)]),
         )
         tuner.fit()
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     return options.experiment_dir
 
 
@@ -111,7 +97,7 @@ def compare_asha(options: SearchOptions) -> AshaComparison:
     outcome = run_search(asha_options)
     asha = summarize("ASHA", outcome.experiment_dir, time.monotonic() - started)
     trials = read_trials(outcome.experiment_dir)
-    params = [p for p in trials.columns if p in probe_space(load_space(options.space)).params]
+    params = read_info(outcome.experiment_dir).params
     configs = trials[params].to_dict("records")
     full_options = replace(options, name=f"{options.experiment_name}-full", quiet=True)
     started = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -174,31 +175,50 @@ def trial_setup(options: SearchOptions, data: TrainData, params: list[str], base
                       experiment_dir=str(options.experiment_dir))
 
 
-def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None) -> SearchOutcome:
-    """Run (or resume) a search; returns when every trial has ended or the driver is stopped."""
-    from .live import LiveTable
-    from .record import StoreCallback
+@dataclass
+class PreparedSearch:
+    space: SearchSpace
+    info: ExperimentInfo
+    setup: TrialSetup
 
+
+def prepare_search(options: SearchOptions) -> PreparedSearch:
+    """Everything checked before Ray starts: folder, data, space; then what trials share."""
     space = load_space(options.space)
     check_experiment_folder(options)
     data = prepare_data(options)
     probed = probe_space(space, options.seed)
     check_space(probed, space, None if data.train.is_frame_layout() else data.train.latent_scales())
-    keys = probed.params
-    info = experiment_info(options, space, keys, probed)
+    info = experiment_info(options, space, probed.params, probed)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
                        save_every=options.checkpoint_every)
-    setup = trial_setup(options, data, keys, base)
+    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base))
+
+
+@contextmanager
+def ray_session(options: SearchOptions):
+    """Ray for the length of a search; shut down after, unless it was running before."""
     started = start_ray(options)
     try:
-        store = StoreCallback(options.experiment_dir, info)
-        callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
-        grid = build_tuner(options, space, setup, info, trainable, callbacks).fit()
+        yield
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None) -> SearchOutcome:
+    """Run (or resume) a search; returns when every trial has ended or the driver is stopped."""
+    from .live import LiveTable
+    from .record import StoreCallback
+
+    prepared = prepare_search(options)
+    info = prepared.info
+    with ray_session(options):
+        store = StoreCallback(options.experiment_dir, info)
+        callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
+        grid = build_tuner(options, prepared.space, prepared.setup, info, trainable, callbacks).fit()
     return finish(options, info, {Path(r.path).name.removeprefix("trial_") for r in grid})
 
 
