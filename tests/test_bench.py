@@ -5,12 +5,15 @@ from typer.testing import CliRunner
 
 from tune_adapter.bench import BenchSpec, padding_fractions, run_bench, step_products
 from tune_adapter.cli import app
-from tune_adapter.straightforward import per_frame_windows, regroup
+from tune_adapter.loss import masked_loss
+from tune_adapter.straightforward import literal_l1_loss, per_frame_windows, regroup
 from tune_adapter.synth import SynthSpec
 from tune_adapter.windows import WindowSpec, clip_inputs
 
 ROWS = [
     "clips/s, fast trainer", "clips/s, straightforward trainer", "fast / straightforward",
+    "clips/s, straightforward, this package's memory settings",
+    "fast / straightforward with those settings",
     "validation clips/s, fast trainer", "step", "  batch gather", "  forward + loss",
     "  backward", "  grad clip", "  fused AdamW", "floor", "  matrix products", "step / floor",
     "products: bf16 tensors / step's precision", "model state", "peak RSS, fast trainer",
@@ -66,3 +69,15 @@ def test_step_products_cover_the_adapter():
 def test_bucketing_pads_less():
     plain, bucketed = padding_fractions(BenchSpec(mixed_clips=256, batch_size=4))
     assert 0 <= bucketed < plain < 1
+
+
+def test_straightforward_loss_equals_the_trainers():
+    gen = torch.Generator().manual_seed(1)
+    pred = torch.randn(3, 6, 4, 5, generator=gen, dtype=torch.float64)
+    targets = torch.randn(3, 21, 4, 5, generator=gen, dtype=torch.float64)
+    positions = torch.randint(0, 6, (3, 21), generator=gen)
+    mask = torch.arange(21) < torch.tensor([[21], [9], [1]])
+    weights = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    literal = literal_l1_loss(pred, targets, positions, mask, weights)
+    fused = masked_loss(pred.float(), targets.float(), positions, mask, weights.float())
+    assert torch.allclose(fused.double(), literal, rtol=1e-6)

@@ -4,7 +4,7 @@ from helpers import write_clip, write_manifest
 
 from tune_adapter.adapter import AdapterDims, AudioProjModel
 from tune_adapter.data import BatchGatherer, load_data
-from tune_adapter.loss import MetricSums, masked_loss
+from tune_adapter.loss import FusedRowLoss, MetricSums, masked_loss, reference_masked_loss
 from tune_adapter.windows import WindowSpec, clip_inputs, latent_of_frame
 
 SPEC = WindowSpec(5, 4)
@@ -105,3 +105,22 @@ def test_metrics_on_known_values():
     sums.add(target * 2, target, positions, mask, torch.ones(2))
     assert sums.means()["val_cos"] == pytest.approx(1.0, abs=1e-6)
 
+
+
+@pytest.mark.parametrize("kind", ["l1", "mse"])
+@pytest.mark.parametrize("slices", [1, 3, 8, 100])
+def test_fused_loss_equals_autograd_on_the_definition(kind, slices, monkeypatch):
+    monkeypatch.setattr(FusedRowLoss, "SLICES", slices)
+    gen = torch.Generator().manual_seed(2)
+    pred = torch.randn(3, 7, 4, 5, generator=gen)
+    targets = torch.randn(3, 25, 4, 5, generator=gen)
+    positions = torch.randint(0, 7, (3, 25), generator=gen)
+    mask = torch.arange(25) < torch.tensor([[25], [10], [2]])
+    weights = torch.tensor([1.0, 0.0, 3.0])
+    fused_pred, plain_pred = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    fused = masked_loss(fused_pred, targets, positions, mask, weights, kind)
+    plain = reference_masked_loss(plain_pred, targets, positions, mask, weights, kind)
+    fused.backward()
+    plain.backward()
+    assert torch.allclose(fused, plain, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(fused_pred.grad, plain_pred.grad, rtol=1e-5, atol=1e-9)

@@ -111,3 +111,31 @@ def test_worker_processes_give_the_same_batches(small_data):
 def test_other_losses_train_and_report_the_same_metrics(small_data, loss):
     result = train(TrainConfig(**{**SMALL, "epochs": 2, "loss": loss}), small_data)
     assert {"val_l1", "val_mse", "val_cos"} <= set(result.history[-1])
+
+
+def test_moments_made_up_front_train_exactly_as_lazy_ones(small_data):
+    from tune_adapter.trainer import Run
+
+    runs = []
+    for eager in (True, False):
+        run = Run(TrainConfig(**SMALL), small_data)
+        if not eager:
+            run.optimizer.state.clear()  # as a fresh AdamW: moments made at its first step
+        run.model.train()
+        for batch in list(run.train_loader)[:3]:
+            run.train_step(batch)
+        runs.append(run)
+    for (name, a), b in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_freed_memory_is_kept_unless_the_user_opts_out(monkeypatch):
+    from tune_adapter import memory
+
+    if memory._glibc() is None:
+        pytest.skip("not glibc")
+    monkeypatch.setenv(memory.KEEP_ENV, "0")
+    assert memory.keep_freed_memory() is False
+    monkeypatch.delenv(memory.KEEP_ENV)
+    assert memory.keep_freed_memory() is True
+    memory.release_freed_memory()

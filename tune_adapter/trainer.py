@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .data import BatchGatherer, BatchSampler, PackedClips, TrainData
 from .data.clips import ClipShapes
 from .errors import ConfigError
+from .memory import keep_freed_memory, release_freed_memory
 from .loss import MetricSums, masked_loss
 from .runtime import Runtime, resolve_runtime
 from .windows import WindowSpec
@@ -78,6 +79,22 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, runtime: Runtime
                              weight_decay=config.weight_decay, fused=True)
 
 
+def allocate_moments(optimizer: torch.optim.AdamW) -> None:
+    """AdamW's moments now, as a fresh optimizer would make them at its first step.
+
+    Made before the first step's activations, the 600 MB of moments (InfiniteTalk's dims)
+    sit below every step's short-lived tensors in the heap, which then reuse one region
+    step after step (`memory.keep_freed_memory`); made lazily, they land among those
+    tensors' holes and the heap grows by about 150 MB.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = optimizer.state_dict()
+    state["state"] = {i: {"step": torch.zeros((), dtype=torch.float32),
+                          "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                      for i, p in enumerate(params)}
+    optimizer.load_state_dict(state)
+
+
 def make_loader(pack: PackedClips, spec: WindowSpec, layout: str, sampler, config: TrainConfig,
                 runtime: Runtime) -> torch.utils.data.DataLoader:
     workers = config.num_workers
@@ -106,6 +123,7 @@ class Run:
     """The state of one training run; `train()` below drives it epoch by epoch."""
 
     def __init__(self, config: TrainConfig, data: TrainData):
+        keep_freed_memory()
         self.config = config
         self.runtime = resolve_runtime(config.device, config.mixed_precision)
         self.spec = WindowSpec(config.audio_window, config.vae_scale)
@@ -115,6 +133,7 @@ class Run:
         torch.manual_seed(config.seed)
         self.model = AudioProjModel(self.dims).to(self.runtime.device)
         self.optimizer = make_optimizer(self.model, config, self.runtime)
+        allocate_moments(self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.grad_scaling else None
         self.sampler = BatchSampler(data.train.frames, config.batch_size, config.seed,
                                     bucket=config.bucket_by_length)
@@ -182,6 +201,7 @@ class Run:
     def optimizer_step(self) -> None:
         self.clip_gradients()
         self.apply_gradients()
+        self.free_gradients()
 
     def clip_gradients(self) -> None:
         if self.scaler is not None:
@@ -196,10 +216,19 @@ class Run:
         else:
             self.optimizer.step()
 
+    def free_gradients(self) -> None:
+        # Spent once applied: freeing them then, not at the next backward, keeps 300 MB of
+        # gradients (InfiniteTalk's dims) out of the next forward's peak, and their memory
+        # serves its activations instead.
+        self.optimizer.zero_grad(set_to_none=True)
+
     def validate(self) -> dict[str, float]:
         # The last step's gradients are not needed again (the next backward replaces them):
         # freeing them keeps validation's activations within the training step's peak RSS.
         self.optimizer.zero_grad(set_to_none=True)
+        # The steps' kept heap (memory.keep_freed_memory) goes back first: validation's
+        # differently sized tensors would otherwise grow the heap past the steps' peak.
+        release_freed_memory()
         return evaluate(self.model, self.val_loader, self.runtime)
 
     def state(self) -> dict:
