@@ -155,5 +155,5 @@ def test_scratch_of_dead_trial_processes_is_removed(tmp_path):
     other = tmp_path / "unrelated"
     for folder in (mine, dead, other):
         folder.mkdir()
-    remove_stale_scratch(str(tmp_path))
+    remove_stale_scratch(tmp_path)
     assert mine.exists() and other.exists() and not dead.exists()

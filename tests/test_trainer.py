@@ -35,7 +35,7 @@ def test_reports_every_epoch_with_a_complete_checkpoint(small_data, tmp_path):
     reports = []
 
     def report(metrics, folder):
-        assert {"adapter.safetensors", "optimizer.pt", "state.json"} <= {p.name for p in folder.iterdir()}
+        assert {"adapter.safetensors", "optimizer.safetensors", "optimizer.json", "state.json"} <= {p.name for p in folder.iterdir()}
         state = json.loads((folder / "state.json").read_text())
         reports.append((metrics, state["epoch"]))
 
@@ -136,6 +136,25 @@ def test_freed_memory_is_kept_unless_the_user_opts_out(monkeypatch):
         pytest.skip("not glibc")
     monkeypatch.setenv(memory.KEEP_ENV, "0")
     assert memory.keep_freed_memory() is False
+    monkeypatch.setenv(memory.KEEP_ENV, "1")
+    assert memory.keep_freed_memory(wanted=False) is True
     monkeypatch.delenv(memory.KEEP_ENV)
+    assert memory.keep_freed_memory(wanted=False) is False
     assert memory.keep_freed_memory() is True
     memory.release_freed_memory()
+
+
+def test_checkpoints_of_earlier_versions_still_load(small_data, tmp_path):
+    from tune_adapter.checkpoint import LEGACY_OPTIMIZER_FILE, OPTIMIZER_REST, OPTIMIZER_TENSORS
+
+    result = train(TrainConfig(**{**SMALL, "epochs": 1}), small_data, output_dir=tmp_path)
+    folder = result.last_checkpoint
+    saved = load_checkpoint(folder)
+    (folder / OPTIMIZER_TENSORS).unlink()
+    (folder / OPTIMIZER_REST).unlink()
+    torch.save({"optimizer": saved.optimizer, "scaler": None}, folder / LEGACY_OPTIMIZER_FILE)
+    legacy = load_checkpoint(folder)
+    assert legacy.optimizer["param_groups"] == saved.optimizer["param_groups"]
+    for index, values in saved.optimizer["state"].items():
+        for name, value in values.items():
+            assert torch.equal(legacy.optimizer["state"][index][name], value)

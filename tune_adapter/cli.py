@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -379,10 +380,12 @@ def bench(
     search: Annotated[bool, typer.Option("--search", help="Instead: memory and overhead of two concurrent trials")] = False,
     asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
+    trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time")] = 8,
+    checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
 ):
     """Time the trainer against its floor and a straightforward trainer; report RSS and padding.
 
-    --search runs two InfiniteTalk-sized trials at once through Ray Tune; --asha runs the
+    --search runs InfiniteTalk-sized trials two at a time through Ray Tune; --asha runs the
     default search with ASHA and then the same 16 configurations without pruning."""
     from .bench import BenchSpec, run_bench
     from .display import bench_table, console, sections_table
@@ -391,10 +394,15 @@ def bench(
         from .search.asha_bench import bench_asha
         from .search.search_bench import bench_search
 
-        run, space, what = ((bench_search, "bench.py", "search cost") if search
-                            else (bench_asha, "default.py", "ASHA against no pruning"))
+        if search:
+            what = "search cost"
+            run = partial(bench_search, work_dir, Path("search_spaces") / "bench.py", trials=trials,
+                          checkpoint_every=checkpoint_every)
+        else:
+            what = "ASHA against no pruning"
+            run = partial(bench_asha, work_dir, Path("search_spaces") / "default.py")
         with console.status(f"benchmarking: {what} (real searches; minutes)"):
-            sections = run(work_dir, Path("search_spaces") / space)
+            sections = run()
         console.print(sections_table(f"tune-adapter bench: {what}", sections))
         return
 

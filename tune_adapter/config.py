@@ -32,6 +32,10 @@ class TrainConfig:
     # Where and how it runs.
     device: str = "auto"
     num_workers: int = 0
+    # Keep freed memory in the heap for the next step (memory.keep_freed_memory): a faster
+    # CPU step for about 200 MB more resident memory. Searches running trials side by side
+    # turn it off; TUNE_ADAPTER_KEEP_FREED_MEMORY=0/1 overrides either way.
+    keep_freed_memory: bool = True
     save_every: int = 1
     log_every: int = 50
 

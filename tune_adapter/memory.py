@@ -49,7 +49,7 @@ def _glibc():
         return None
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(wanted: bool = True) -> bool:
     """Serve every block from glibc's heap and keep what is freed there for the next step.
 
     glibc hands blocks over 32 MB straight to the OS (mmap) and back on free (munmap), so
@@ -59,11 +59,14 @@ def keep_freed_memory() -> bool:
     40-70 ms seen on the bench machine). Kept in the heap, the next step reuses them:
     step 130 -> 110 ms (README.md, Performance), for about 150 MB more resident memory.
     Process-wide and lasting; `release_freed_memory` gives the kept memory back (the
-    trainer calls it before validating and when a run ends). Set
-    TUNE_ADAPTER_KEEP_FREED_MEMORY=0 to keep glibc's defaults.
+    trainer calls it before validating). TUNE_ADAPTER_KEEP_FREED_MEMORY=0 or 1 overrides
+    `wanted`. Returns whether the heap is kept.
     """
     libc = _glibc()
-    if libc is None or os.environ.get(KEEP_ENV, "1").strip() in ("0", ""):
+    setting = os.environ.get(KEEP_ENV, "").strip()
+    if setting:
+        wanted = setting not in ("0", "false", "no")
+    if libc is None or not wanted:
         return False
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)

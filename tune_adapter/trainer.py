@@ -123,7 +123,7 @@ class Run:
     """The state of one training run; `train()` below drives it epoch by epoch."""
 
     def __init__(self, config: TrainConfig, data: TrainData):
-        keep_freed_memory()
+        keep_freed_memory(config.keep_freed_memory)
         self.config = config
         self.runtime = resolve_runtime(config.device, config.mixed_precision)
         self.spec = WindowSpec(config.audio_window, config.vae_scale)

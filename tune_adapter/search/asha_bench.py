@@ -22,6 +22,7 @@ from .driver import (
     trial_resources,
 )
 from .options import SearchOptions
+from .storage import linking_filesystem
 from .record import StoreCallback
 from .trial import run_trial
 
@@ -70,6 +71,7 @@ def train_without_pruning(options: SearchOptions, configs: list[dict]) -> Path:
                                         max_concurrent_trials=max_concurrent(options, resources)),
             run_config=tune.RunConfig(name=options.experiment_name, verbose=0,
                                       storage_path=str(options.experiment_dir.parent),
+                                      storage_filesystem=linking_filesystem(),
                                       callbacks=[StoreCallback(options.experiment_dir, prepared.info)]),
         )
         tuner.fit()

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..results import ExperimentInfo, TrialStore
 from ..space import SEARCHABLE, SearchSpace, check_space, load_space, probe_space
 from .options import SearchOptions
+from .storage import linking_filesystem
 from .trial import TrialSetup, run_trial
 
 # Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
@@ -64,7 +65,8 @@ def check_experiment_folder(options: SearchOptions) -> None:
     from ray.tune import Tuner
 
     exists = options.experiment_dir.exists()
-    if options.resume and not (exists and Tuner.can_restore(str(options.experiment_dir))):
+    if options.resume and not (exists and Tuner.can_restore(str(options.experiment_dir),
+                                                           storage_filesystem=linking_filesystem())):
         raise ConfigError(f"--resume: {options.experiment_dir} holds no search to resume; drop --resume")
     if not options.resume and exists and any(options.experiment_dir.iterdir()):
         raise ConfigError(
@@ -140,7 +142,8 @@ def build_tuner(options: SearchOptions, space: SearchSpace, setup: TrialSetup, i
     wrapped = tune.with_resources(tune.with_parameters(trainable, setup=setup), resources)
     if options.resume:
         return tune.Tuner.restore(str(options.experiment_dir), trainable=wrapped,
-                                  resume_unfinished=True, resume_errored=False, restart_errored=False)
+                                  resume_unfinished=True, resume_errored=False, restart_errored=False,
+                                  storage_filesystem=linking_filesystem())
     searcher = PrunedAwareOptunaSearch(space=space.function, metric=info.metric, mode=info.mode,
                                        seed=options.seed, max_epochs=options.max_epochs)
     scheduler = ASHAScheduler(time_attr="epoch", metric=info.metric, mode=info.mode,
@@ -154,6 +157,7 @@ def build_tuner(options: SearchOptions, space: SearchSpace, setup: TrialSetup, i
                                     max_concurrent_trials=max_concurrent(options, resources)),
         run_config=tune.RunConfig(
             name=options.experiment_name, storage_path=str(options.experiment_dir.parent), verbose=0,
+            storage_filesystem=linking_filesystem(),
             callbacks=callbacks,
             # Tune always keeps the latest checkpoint too, so a trial can resume.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=info.metric,
@@ -175,6 +179,13 @@ def trial_setup(options: SearchOptions, data: TrainData, params: list[str], base
                       experiment_dir=str(options.experiment_dir))
 
 
+def keeps_freed_memory(options: SearchOptions) -> bool:
+    """Trials side by side give up the kept heap (memory.keep_freed_memory): about 200 MB
+    each, which put two InfiniteTalk-sized trials over the memory target of README.md,
+    Performance, for a trainer about 10% slower there."""
+    return options.max_concurrent == 1 or options.num_samples == 1
+
+
 @dataclass
 class PreparedSearch:
     space: SearchSpace
@@ -191,7 +202,8 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
     check_space(probed, space, None if data.train.is_frame_layout() else data.train.latent_scales())
     info = experiment_info(options, space, probed.params, probed)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
-                       save_every=options.checkpoint_every)
+                       save_every=options.checkpoint_every,
+                       keep_freed_memory=keeps_freed_memory(options))
     return PreparedSearch(space, info, trial_setup(options, data, probed.params, base))
 
 
