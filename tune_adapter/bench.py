@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -145,17 +146,10 @@ def run_bench(spec: BenchSpec, work_dir: Path | None = None) -> BenchReport:
 
 def in_fresh_process(fn, *args, env: dict | None = None):
     """`fn(*args)` in a new interpreter, whose peak RSS is its own, with `env` set in it."""
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:  # a spawned interpreter copies this environment when it starts
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            return pool.submit(fn, *args).result()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # A spawned interpreter copies this environment when it starts.
+    with mock.patch.dict(os.environ, env or {}), \
+            ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def peak_rss() -> int:
@@ -275,9 +269,6 @@ PRODUCT_INPUTS = ["proj1", "proj1", "proj1_vf", "proj1_vf", None, None, None, No
 WEIGHT_LAYERS = ("proj1", "proj1_vf", "proj2", "proj3")
 
 
-def random_operand(shape, dtype, device) -> torch.Tensor:
-    return torch.randn(shape, device=device, dtype=dtype)
-
 
 def step_operands(dims: AdapterDims, batch: int, n_latter: int, weights: dict, dtype,
                   device, outputs: dict | None = None, inputs: dict | None = None) -> list[tuple]:
@@ -291,9 +282,9 @@ def step_operands(dims: AdapterDims, batch: int, n_latter: int, weights: dict, d
     for product, uses, grad_of, x_of in zip(step_products(dims, batch, n_latter), PRODUCT_WEIGHTS,
                                             PRODUCT_GRADIENTS, PRODUCT_INPUTS):
         x = inputs.get(x_of)
-        a = x if x is not None and uses is not None else random_operand(product.a, dtype, device)
+        a = x if x is not None and uses is not None else torch.randn(product.a, device=device, dtype=dtype)
         if uses is None:
-            b = x if x is not None else random_operand(product.b, dtype, device)
+            b = x if x is not None else torch.randn(product.b, device=device, dtype=dtype)
         else:
             weight = weights[uses[0]].to(dtype)
             b = weight.t() if uses[1] else weight
