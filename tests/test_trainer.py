@@ -50,6 +50,20 @@ def test_reports_every_epoch_with_a_complete_checkpoint(small_data, tmp_path):
     assert kept == sorted({result.best_checkpoint.name, result.last_checkpoint.name})
 
 
+def test_retired_checkpoints_are_written_over_and_a_given_spare_outlives_the_run(small_data, tmp_path):
+    inodes = []
+
+    def report(metrics, folder):
+        inodes.append((folder / "optimizer.safetensors").stat().st_ino)
+
+    spare = tmp_path / "spare"
+    train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, report=report,
+          output_dir=tmp_path / "run", spare=spare)
+    # Whichever epochs are best, by the fourth save a retired checkpoint's files were reused.
+    assert len(set(inodes)) < len(inodes)
+    assert spare.is_dir()
+
+
 def test_deterministic_on_cpu(small_data, tmp_path):
     a = train(TrainConfig(**SMALL), small_data, output_dir=tmp_path / "a")
     b = train(TrainConfig(**SMALL), small_data, output_dir=tmp_path / "b")
@@ -159,3 +173,18 @@ def test_checkpoints_of_earlier_versions_still_load(small_data, tmp_path):
     for index, values in saved.optimizer["state"].items():
         for name, value in values.items():
             assert torch.equal(legacy.optimizer["state"][index][name], value)
+
+
+def test_a_kept_model_trains_exactly_as_a_new_one_and_other_dims_get_a_new_one(small_data):
+    from tune_adapter.trainer import KeptModel
+
+    fresh = train(TrainConfig(**SMALL), small_data)
+    kept = KeptModel()
+    train(TrainConfig(**{**SMALL, "seed": 7, "lr": 1e-2}), small_data, kept=kept)
+    first = kept.model
+    reused = train(TrainConfig(**SMALL), small_data, kept=kept)
+    assert kept.model is first  # the same tensors, re-initialised in place
+    assert reused.history == [{**h, "epoch_seconds": r["epoch_seconds"]}
+                              for h, r in zip(fresh.history, reused.history)]
+    train(TrainConfig(**{**SMALL, "audio_window": 3}), small_data, kept=kept)
+    assert kept.model is not first and kept.model.dims.audio_window == 3

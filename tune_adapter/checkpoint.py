@@ -4,7 +4,9 @@
 The optimizer's tensors (AdamW's moments: 600 MB at InfiniteTalk's dims) are written as
 safetensors, straight from their memory: half the time of `torch.save`, which checksums
 every byte (0.12 against 0.23 s for 600 MB on the bench machine), and no pickle to read
-back. Checkpoints of earlier versions (`optimizer.pt`) still load.
+back. Checkpoints of earlier versions (`optimizer.pt`) still load. Files are written over a
+retired checkpoint's when the caller has one (spare_files.py: 0.1 s against 2.3 s for a
+new 0.9 GB checkpoint on the bench VM).
 
 A checkpoint folder is written beside its final place and renamed into it, so a crash
 leaves either the old checkpoint or the new one, never half of one.
@@ -19,15 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import ConfigError
+from .spare_files import save_tensors, take_spare, write_bytes
 
 ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_REST = "optimizer.json"
 LEGACY_OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
+CHECKPOINT_FILES = (ADAPTER_FILE, OPTIMIZER_TENSORS, OPTIMIZER_REST, STATE_FILE)
 
 
 @dataclass
@@ -38,15 +42,19 @@ class Checkpoint:
     state: dict
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scaler, state: dict) -> Path:
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scaler, state: dict,
+                    spare: Path | None = None) -> Path:
+    """Write a checkpoint beside `folder` and rename it into place; with `spare` (a retired
+    checkpoint folder, spare_files.py), over the spare's files."""
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, staging / ADAPTER_FILE, metadata={"format": "pt"})
+    take_spare(spare, staging)
+    weights = {k: v.detach() for k, v in model.state_dict().items()}
+    save_tensors(staging / ADAPTER_FILE, weights, metadata={"format": "pt"})
     save_optimizer(staging, optimizer.state_dict(), scaler.state_dict() if scaler is not None else None)
-    (staging / STATE_FILE).write_text(json.dumps(state, indent=1))
+    write_bytes(staging / STATE_FILE, json.dumps(state, indent=1).encode())
+    for stale in set(staging.iterdir()) - {staging / n for n in CHECKPOINT_FILES}:
+        stale.unlink()
     _replace_folder(staging, folder)
     return folder
 
@@ -57,12 +65,12 @@ def save_optimizer(folder: Path, optimizer_state: dict, scaler_state: dict | Non
     for index, values in optimizer_state["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+                tensors[f"state.{index}.{name}"] = value
             else:
                 rest.setdefault(str(index), {})[name] = value
-    save_file(tensors, folder / OPTIMIZER_TENSORS)
-    (folder / OPTIMIZER_REST).write_text(json.dumps(
-        {"param_groups": optimizer_state["param_groups"], "state": rest, "scaler": scaler_state}))
+    save_tensors(folder / OPTIMIZER_TENSORS, tensors)
+    write_bytes(folder / OPTIMIZER_REST, json.dumps(
+        {"param_groups": optimizer_state["param_groups"], "state": rest, "scaler": scaler_state}).encode())
 
 
 def load_optimizer(folder: Path) -> dict:

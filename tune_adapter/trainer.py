@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -25,6 +26,7 @@ from .errors import ConfigError
 from .memory import keep_freed_memory, release_freed_memory
 from .loss import MetricSums, masked_loss
 from .runtime import Runtime, resolve_runtime
+from .spare_files import retire
 from .windows import WindowSpec
 
 ReportFn = Callable[[dict, "Path | None"], None]
@@ -79,8 +81,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, runtime: Runtime
                              weight_decay=config.weight_decay, fused=True)
 
 
-def allocate_moments(optimizer: torch.optim.AdamW) -> None:
-    """AdamW's moments now, as a fresh optimizer would make them at its first step.
+def allocate_moments(optimizer: torch.optim.AdamW, kept: list[dict] | None = None) -> None:
+    """AdamW's moments now, as a fresh optimizer would make them at its first step: the
+    `kept` ones (a finished run's, `KeptModel`) zeroed when given, else new.
 
     Made before the first step's activations, the 600 MB of moments (InfiniteTalk's dims)
     are placed before any of the step's short-lived tensors in the kept heap
@@ -89,11 +92,46 @@ def allocate_moments(optimizer: torch.optim.AdamW) -> None:
     moves from the first step to the run's set-up.
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    kept = kept or [{"exp_avg": torch.empty_like(p), "exp_avg_sq": torch.empty_like(p)} for p in params]
     state = optimizer.state_dict()
     state["state"] = {i: {"step": torch.zeros((), dtype=torch.float32),
-                          "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-                      for i, p in enumerate(params)}
+                          "exp_avg": moments["exp_avg"].zero_(),
+                          "exp_avg_sq": moments["exp_avg_sq"].zero_()}
+                      for i, moments in enumerate(kept)}
     optimizer.load_state_dict(state)
+
+
+@dataclass
+class KeptModel:
+    """A finished run's model and AdamW moments, for the next run in the same process.
+
+    A reused Ray actor trains one trial after another: instead of freeing 0.9 GB of
+    parameters and moments (InfiniteTalk's dims) and allocating as much again, the next
+    run with the same dims re-initialises them in place, with the same random draws as a
+    new model. Memory the kernel got back is slow to touch again on the bench VM
+    (spare_files.py). CPU only: on a GPU torch's caching allocator already keeps it, and
+    there a model is initialised on the CPU first.
+    """
+
+    model: AudioProjModel | None = None
+    moments: list[dict] | None = None
+
+    def take(self, dims: AdapterDims, device: torch.device) -> tuple[AudioProjModel, list[dict] | None]:
+        """The kept model re-initialised (RNG seeded by the caller) and its moments, or a new
+        model when dims or device differ (the kept ones are freed first)."""
+        model, moments = self.model, self.moments
+        self.model = self.moments = None
+        if model is None or model.dims != dims or device.type != "cpu":
+            del model, moments
+            return AudioProjModel(dims).to(device), None
+        for layer in model.children():  # the order AudioProjModel.__init__ makes them in
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        return model, moments
+
+    def keep(self, run: "Run") -> None:
+        self.model = run.model
+        self.moments = [run.optimizer.state[p] for p in run.model.parameters()]
 
 
 def make_loader(pack: PackedClips, spec: WindowSpec, layout: str, sampler, config: TrainConfig,
@@ -123,7 +161,7 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, device: to
 class Run:
     """The state of one training run; `train()` below drives it epoch by epoch."""
 
-    def __init__(self, config: TrainConfig, data: TrainData):
+    def __init__(self, config: TrainConfig, data: TrainData, kept: KeptModel | None = None):
         keep_freed_memory(config.keep_freed_memory)
         self.config = config
         self.runtime = resolve_runtime(config.device, config.mixed_precision)
@@ -132,9 +170,9 @@ class Run:
         data.val.layout_for(self.spec.vae_scale)
         self.dims = adapter_dims(config, data.train.shapes)
         torch.manual_seed(config.seed)
-        self.model = AudioProjModel(self.dims).to(self.runtime.device)
+        self.model, moments = (kept or KeptModel()).take(self.dims, self.runtime.device)
         self.optimizer = make_optimizer(self.model, config, self.runtime)
-        allocate_moments(self.optimizer)
+        allocate_moments(self.optimizer, moments)
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.grad_scaling else None
         self.sampler = BatchSampler(data.train.frames, config.batch_size, config.seed,
                                     bucket=config.bucket_by_length)
@@ -236,8 +274,8 @@ class Run:
                 "config": self.config.to_json(), "dims": self.dims.to_json(),
                 "layout": self.layout, "precision": self.runtime.precision}
 
-    def save(self, folder: Path) -> Path:
-        return save_checkpoint(folder, self.model, self.optimizer, self.scaler, self.state())
+    def save(self, folder: Path, spare: Path | None = None) -> Path:
+        return save_checkpoint(folder, self.model, self.optimizer, self.scaler, self.state(), spare)
 
 
 @torch.no_grad()
@@ -268,19 +306,37 @@ def train(
     progress: Progress | None = None,
     output_dir: Path | None = None,
     resume_from: Path | None = None,
+    spare: Path | None = None,
+    kept: KeptModel | None = None,
 ) -> TrainResult:
     """Train for `config.epochs` epochs (continuing from `resume_from` when given).
 
     With `output_dir`, a checkpoint is written every `save_every` epochs and at the end;
-    of the older ones, only the best by `val_l1` is kept.
+    of the older ones, only the best by `val_l1` is kept. One that is no longer wanted
+    becomes the spare folder the next checkpoint is written over (spare_files.py): `spare`,
+    which outlives the run (a Ray actor's next trial uses it), or one in `output_dir`
+    removed at the end. With `kept`, the model and moments come from it and go back to it
+    at the end (`KeptModel`).
     """
+    if output_dir is not None and spare is None:
+        with _own_spare(Path(output_dir)) as spare:
+            return train(config, data, report, progress, output_dir, resume_from, spare, kept)
     progress = progress or NoProgress()
-    run = Run(config, data)
+    run = Run(config, data, kept)
     if resume_from is not None:
         run.restore(Path(resume_from))
+    try:
+        return run_epochs(run, report, progress, output_dir, spare)
+    finally:  # also when Tune stops the trial inside `report` (SystemExit)
+        if kept is not None:
+            kept.keep(run)
+
+
+def run_epochs(run: Run, report: ReportFn | None, progress: Progress, output_dir: Path | None,
+               spare: Path | None) -> TrainResult:
     result = TrainResult(history=run.history)
     result.best = min(run.history, key=_rank, default=None)
-    while run.epoch < config.epochs:
+    while run.epoch < run.config.epochs:
         started = time.perf_counter()
         train_loss = run.train_epoch(progress)
         metrics = {"epoch": run.epoch + 1, "step": run.step, "train_loss": train_loss,
@@ -289,7 +345,7 @@ def train(
         run.history.append(metrics)
         if result.best is None or _rank(metrics) < _rank(result.best):
             result.best = metrics
-        folder = _save_if_due(run, output_dir, result, metrics)
+        folder = _save_if_due(run, output_dir, result, metrics, spare)
         progress.epoch_done(metrics)
         if report is not None:
             report(dict(metrics), folder)
@@ -301,16 +357,26 @@ def _rank(metrics: dict) -> float:
     return math.inf if math.isnan(value) else value
 
 
-def _save_if_due(run: Run, output_dir: Path | None, result: TrainResult, metrics: dict):
+@contextmanager
+def _own_spare(output_dir: Path):
+    spare = output_dir / "checkpoints" / ".spare"
+    try:
+        yield spare
+    finally:
+        shutil.rmtree(spare, ignore_errors=True)
+
+
+def _save_if_due(run: Run, output_dir: Path | None, result: TrainResult, metrics: dict,
+                 spare: Path | None):
     if output_dir is None:
         return None
     if run.epoch % run.config.save_every and run.epoch != run.config.epochs:
         return None
-    folder = run.save(Path(output_dir) / "checkpoints" / f"epoch_{run.epoch:04d}")
+    folder = run.save(Path(output_dir) / "checkpoints" / f"epoch_{run.epoch:04d}", spare)
     previous, best = result.last_checkpoint, result.best_checkpoint
     if best is None or _rank(metrics) < _rank(result.best_checkpoint_metrics):
         result.best_checkpoint, result.best_checkpoint_metrics = folder, metrics
     for old in {previous, best} - {None, folder, result.best_checkpoint}:
-        shutil.rmtree(old, ignore_errors=True)
+        retire(old, spare)
     result.last_checkpoint = folder
     return folder

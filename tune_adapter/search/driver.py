@@ -21,7 +21,7 @@ from ..results import ExperimentInfo, TrialStore
 from ..space import SEARCHABLE, SearchSpace, check_space, load_space, probe_space
 from .options import SearchOptions
 from .storage import linking_filesystem
-from .trial import TrialSetup, run_trial
+from .trial import SCRATCH_FOLDER, TrialSetup, remove_stale_scratch, run_trial
 
 # Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
 # numbers it warns about are ours to read in Parquet, not the user's console.
@@ -231,6 +231,7 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         store = StoreCallback(options.experiment_dir, info)
         callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
         grid = build_tuner(options, prepared.space, prepared.setup, info, trainable, callbacks).fit()
+    remove_stale_scratch(options.experiment_dir / SCRATCH_FOLDER)  # the spares of ended actors
     return finish(options, info, {Path(r.path).name.removeprefix("trial_") for r in grid})
 
 

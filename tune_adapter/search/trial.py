@@ -17,7 +17,7 @@ from ray import tune
 from ..config import TrainConfig
 from ..data import TrainData, open_pack
 from ..results import TrialStore
-from ..trainer import train
+from ..trainer import KeptModel, train
 from .storage import linking_filesystem
 
 
@@ -51,9 +51,9 @@ def report_to_tune(metrics: dict, checkpoint: Path | None) -> None:
         tune.report(metrics)
         return
     # On the experiment's linking filesystem, Tune's copy into the trial's storage folder
-    # is a hard link (storage.py); the scratch names are then spent.
+    # is a hard link (storage.py). The scratch names stay until the trainer retires the
+    # checkpoint: its files are written over once Tune has dropped its own names for them.
     tune.report(metrics, checkpoint=tune.Checkpoint(str(checkpoint), filesystem=linking_filesystem()))
-    shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 SCRATCH_FOLDER = ".scratch"
@@ -65,12 +65,19 @@ def scratch_prefix() -> str:
 
 
 def remove_stale_scratch(root: Path) -> None:
-    """Scratch folders of trial processes that died (a killed search) hold up to a
-    checkpoint each (about 0.9 GB at InfiniteTalk's dims): remove those of dead processes."""
+    """Scratch folders of trial processes that died (a killed search, or a finished one)
+    hold up to a checkpoint each (about 0.9 GB at InfiniteTalk's dims): remove those of
+    dead processes."""
     for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
         pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def spare_folder(root: Path) -> Path:
+    """This process's spare checkpoint folder (spare_files.py): it outlives the trial, so
+    the actor's next trial writes its first checkpoint over it."""
+    return root / f"{scratch_prefix()}spare"
 
 
 def scratch_root(setup: TrialSetup) -> Path:
@@ -100,6 +107,10 @@ def recorded_result(setup: TrialSetup) -> dict | None:
     return {**record.epochs[last], "epoch": last}
 
 
+# What this process's trials hand on to the next trial the reused actor runs.
+KEPT_MODEL = KeptModel()
+
+
 def run_trial(config: dict, setup: TrialSetup) -> None:
     """The Tune function trainable. Actors are reused, so it sets all its state itself.
 
@@ -127,13 +138,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=root) as scratch, \
                 resume_folder(tune.get_checkpoint()) as resume_from:
             result = train(trial_config(setup, config), data, report=report,
-                           output_dir=Path(scratch), resume_from=resume_from)
+                           output_dir=Path(scratch), resume_from=resume_from,
+                           spare=spare_folder(root), kept=KEPT_MODEL)
         if not reports and result.last is not None:
             tune.report(dict(result.last))
     finally:
-        # The actor is reused for the next trial: free this trial's model and optimizer
-        # (some held in reference cycles) before that one allocates its own.
-        # The memory stays in this process's heap (memory.keep_freed_memory), where the next
-        # trial's model and moments reuse it instead of faulting in 1.2 GB afresh.
+        # The actor is reused for the next trial: free what this trial made (some of it
+        # held in reference cycles) but its model and moments, which KEPT_MODEL hands on.
         del data
         gc.collect()
