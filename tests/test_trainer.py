@@ -50,18 +50,20 @@ def test_reports_every_epoch_with_a_complete_checkpoint(small_data, tmp_path):
     assert kept == sorted({result.best_checkpoint.name, result.last_checkpoint.name})
 
 
-def test_retired_checkpoints_are_written_over_and_a_given_spare_outlives_the_run(small_data, tmp_path):
+def test_retired_checkpoints_are_written_over_and_given_spares_outlive_the_run(small_data, tmp_path):
+    from tune_adapter.spare_files import SparePool
+
     inodes = []
 
     def report(metrics, folder):
         inodes.append((folder / "optimizer.safetensors").stat().st_ino)
 
-    spare = tmp_path / "spare"
+    spares = SparePool(tmp_path / "spares")
     train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, report=report,
-          output_dir=tmp_path / "run", spare=spare)
+          output_dir=tmp_path / "run", spares=spares)
     # Whichever epochs are best, by the fourth save a retired checkpoint's files were reused.
     assert len(set(inodes)) < len(inodes)
-    assert spare.is_dir()
+    assert spares.spares()
 
 
 def test_deterministic_on_cpu(small_data, tmp_path):
@@ -188,3 +190,15 @@ def test_a_kept_model_trains_exactly_as_a_new_one_and_other_dims_get_a_new_one(s
                               for h, r in zip(fresh.history, reused.history)]
     train(TrainConfig(**{**SMALL, "audio_window": 3}), small_data, kept=kept)
     assert kept.model is not first and kept.model.dims.audio_window == 3
+
+
+def test_a_last_checkpoint_without_moments_still_resumes_with_a_warning(small_data, tmp_path):
+    config = TrainConfig(**{**SMALL, "epochs": 2, "moments_in_last_checkpoint": False})
+    result = train(config, small_data, output_dir=tmp_path)
+    names = {p.name for p in result.last_checkpoint.iterdir()}
+    assert names == {"adapter.safetensors", "state.json"}
+    assert "optimizer.safetensors" in {p.name for p in result.best_checkpoint.iterdir()} or \
+        result.best_checkpoint == result.last_checkpoint
+    with pytest.warns(UserWarning, match="moments start afresh"):
+        more = train(TrainConfig(**{**SMALL, "epochs": 3}), small_data, resume_from=result.last_checkpoint)
+    assert [h["epoch"] for h in more.history] == [1, 2, 3]

@@ -24,14 +24,13 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import ConfigError
-from .spare_files import save_tensors, take_spare, write_bytes
+from .spare_files import SparePool, save_tensors, write_bytes
 
 ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_REST = "optimizer.json"
 LEGACY_OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
-CHECKPOINT_FILES = (ADAPTER_FILE, OPTIMIZER_TENSORS, OPTIMIZER_REST, STATE_FILE)
 
 
 @dataclass
@@ -43,17 +42,25 @@ class Checkpoint:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scaler, state: dict,
-                    spare: Path | None = None) -> Path:
-    """Write a checkpoint beside `folder` and rename it into place; with `spare` (a retired
-    checkpoint folder, spare_files.py), over the spare's files."""
+                    spares: SparePool | None = None) -> Path:
+    """Write a checkpoint beside `folder` and rename it into place: over a spare's files when
+    `spares` has one (spare_files.py); without the optimizer's state when `optimizer` is
+    None (it then cannot be resumed exactly, only exported or evaluated)."""
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.tmp")
-    take_spare(spare, staging)
+    if spares is not None:
+        spares.take(staging)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
     weights = {k: v.detach() for k, v in model.state_dict().items()}
     save_tensors(staging / ADAPTER_FILE, weights, metadata={"format": "pt"})
-    save_optimizer(staging, optimizer.state_dict(), scaler.state_dict() if scaler is not None else None)
+    written = [ADAPTER_FILE, STATE_FILE]
+    if optimizer is not None:
+        save_optimizer(staging, optimizer.state_dict(), scaler.state_dict() if scaler is not None else None)
+        written += [OPTIMIZER_TENSORS, OPTIMIZER_REST]
     write_bytes(staging / STATE_FILE, json.dumps(state, indent=1).encode())
-    for stale in set(staging.iterdir()) - {staging / n for n in CHECKPOINT_FILES}:
+    for stale in set(staging.iterdir()) - {staging / n for n in written}:
         stale.unlink()
     _replace_folder(staging, folder)
     return folder

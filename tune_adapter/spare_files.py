@@ -3,9 +3,9 @@
 On the bench VM, memory the kernel has freed is handed back to the hypervisor within
 about 2 s (virtio-balloon free page reporting) and costs about 2.5 s per GB to touch again:
 a new 0.9 GB checkpoint file (InfiniteTalk's dims) took 2.3 s to write, the same bytes
-written over an existing file's cached pages 0.1 s. A run therefore keeps one spent
-checkpoint folder as its spare (`retire`) and writes the next checkpoint's files over
-the spare's (`open_for_overwrite`) instead of deleting one folder and creating another.
+written over an existing file's cached pages 0.1 s. A run therefore keeps spent
+checkpoint folders as spares (`SparePool`) and writes the next checkpoint's files over a
+spare's (`open_for_overwrite`) instead of deleting one folder and creating another.
 
 A file is only written over when no other name links it: a file Tune has hard-linked
 into the experiment's storage (search/storage.py) is that stored checkpoint, so its name
@@ -14,6 +14,7 @@ in the spare is dropped and a new file made instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -79,29 +80,54 @@ def safetensors_header(ordered: list[tuple[str, torch.Tensor]], metadata: dict[s
     return struct.pack("<Q", len(text)) + text
 
 
-def retire(folder: Path, spare: Path) -> None:
-    """Make a checkpoint folder that is no longer wanted the spare (or delete it when there
-    already is one). Its state file goes first, so it can never pass for a checkpoint."""
-    from .checkpoint import STATE_FILE
+class SparePool:
+    """Up to `size` retired checkpoint folders under `root`, for the next checkpoints to be
+    written over. Two: a search trial's final checkpoint (weights only) is written afresh
+    and leaves both spares for the actor's next trial, whose first two checkpoints would
+    otherwise find one (Tune still holds the first when the second is written)."""
 
-    if spare.exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    (folder / STATE_FILE).unlink(missing_ok=True)
-    try:
-        os.rename(folder, spare)
-    except OSError:  # another filesystem: nothing to reuse there
-        shutil.rmtree(folder, ignore_errors=True)
+    def __init__(self, root: Path, size: int = 2):
+        self.root, self.size = Path(root), size
 
+    def spares(self) -> list[Path]:
+        return sorted(p for p in self.root.glob("spare-*") if p.is_dir()) if self.root.is_dir() else []
 
-def take_spare(spare: Path | None, folder: Path) -> None:
-    """Move the spare to `folder` (a staging folder to write a checkpoint into), or make
-    `folder` empty and new when there is no spare."""
-    shutil.rmtree(folder, ignore_errors=True)
-    if spare is not None and spare.is_dir():
-        try:
-            os.rename(spare, folder)
+    def retire(self, folder: Path) -> None:
+        """Make a checkpoint folder no longer wanted a spare, or delete it when the pool is
+        full. Its state file goes first, so a spare never passes for a checkpoint."""
+        from .checkpoint import STATE_FILE
+
+        taken = {p.name for p in self.spares()}
+        free = [f"spare-{i}" for i in range(self.size) if f"spare-{i}" not in taken]
+        if not free:
+            shutil.rmtree(folder, ignore_errors=True)
             return
-        except OSError:
-            shutil.rmtree(spare, ignore_errors=True)
-    folder.mkdir(parents=True)
+        (folder / STATE_FILE).unlink(missing_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(folder, self.root / free[0])
+        except OSError:  # another filesystem: nothing to reuse there
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def take(self, folder: Path) -> None:
+        """Move a spare to `folder` (a staging folder to write a checkpoint into), one whose
+        files no other name links first; or make `folder` new when there is none."""
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for spare in sorted(self.spares(), key=linked_elsewhere):
+            try:
+                os.rename(spare, folder)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.rmtree(spare, ignore_errors=True)  # another filesystem: of no use
+        folder.mkdir()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def linked_elsewhere(folder: Path) -> int:
+    """How many of the folder's files another name (Tune's stored checkpoint) also links."""
+    return sum(p.stat().st_nlink > 1 for p in folder.iterdir())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .memory import keep_freed_memory, release_freed_memory
 from .loss import MetricSums, masked_loss
 from .runtime import Runtime, resolve_runtime
-from .spare_files import retire
+from .spare_files import SparePool
 from .windows import WindowSpec
 
 ReportFn = Callable[[dict, "Path | None"], None]
@@ -193,6 +193,9 @@ class Run:
         self.model.load_state_dict(ckpt.weights)
         if ckpt.optimizer is not None:
             self.optimizer.load_state_dict(ckpt.optimizer)
+        elif ckpt.state["epoch"] < self.config.epochs:
+            warnings.warn(f"--resume {folder}: the checkpoint has no optimizer state (a search "
+                          "trial's last checkpoint): AdamW's moments start afresh", stacklevel=2)
         if self.scaler is not None and ckpt.scaler is not None:
             self.scaler.load_state_dict(ckpt.scaler)
         self.epoch, self.step = ckpt.state["epoch"], ckpt.state["step"]
@@ -274,8 +277,9 @@ class Run:
                 "config": self.config.to_json(), "dims": self.dims.to_json(),
                 "layout": self.layout, "precision": self.runtime.precision}
 
-    def save(self, folder: Path, spare: Path | None = None) -> Path:
-        return save_checkpoint(folder, self.model, self.optimizer, self.scaler, self.state(), spare)
+    def save(self, folder: Path, spares: SparePool | None = None, moments: bool = True) -> Path:
+        return save_checkpoint(folder, self.model, self.optimizer if moments else None, self.scaler,
+                               self.state(), spares)
 
 
 @torch.no_grad()
@@ -306,34 +310,37 @@ def train(
     progress: Progress | None = None,
     output_dir: Path | None = None,
     resume_from: Path | None = None,
-    spare: Path | None = None,
+    spares: SparePool | None = None,
     kept: KeptModel | None = None,
 ) -> TrainResult:
     """Train for `config.epochs` epochs (continuing from `resume_from` when given).
 
     With `output_dir`, a checkpoint is written every `save_every` epochs and at the end;
-    of the older ones, only the best by `val_l1` is kept. One that is no longer wanted
-    becomes the spare folder the next checkpoint is written over (spare_files.py): `spare`,
-    which outlives the run (a Ray actor's next trial uses it), or one in `output_dir`
-    removed at the end. With `kept`, the model and moments come from it and go back to it
-    at the end (`KeptModel`).
+    of the older ones, only the best by `val_l1` is kept. Those no longer wanted become
+    spares the next checkpoints are written over (spare_files.py): in `spares`, which
+    outlive the run (a Ray actor's next trial uses them), or in `output_dir`, removed at the
+    end. With `kept`, the model and moments come from it and go back to it at the end
+    (`KeptModel`).
     """
-    if output_dir is not None and spare is None:
-        with _own_spare(Path(output_dir)) as spare:
-            return train(config, data, report, progress, output_dir, resume_from, spare, kept)
+    if output_dir is not None and spares is None:
+        spares = SparePool(Path(output_dir) / "checkpoints" / ".spares")
+        try:
+            return train(config, data, report, progress, output_dir, resume_from, spares, kept)
+        finally:
+            spares.clear()
     progress = progress or NoProgress()
     run = Run(config, data, kept)
     if resume_from is not None:
         run.restore(Path(resume_from))
     try:
-        return run_epochs(run, report, progress, output_dir, spare)
+        return run_epochs(run, report, progress, output_dir, spares)
     finally:  # also when Tune stops the trial inside `report` (SystemExit)
         if kept is not None:
             kept.keep(run)
 
 
 def run_epochs(run: Run, report: ReportFn | None, progress: Progress, output_dir: Path | None,
-               spare: Path | None) -> TrainResult:
+               spares: SparePool | None) -> TrainResult:
     result = TrainResult(history=run.history)
     result.best = min(run.history, key=_rank, default=None)
     while run.epoch < run.config.epochs:
@@ -345,7 +352,7 @@ def run_epochs(run: Run, report: ReportFn | None, progress: Progress, output_dir
         run.history.append(metrics)
         if result.best is None or _rank(metrics) < _rank(result.best):
             result.best = metrics
-        folder = _save_if_due(run, output_dir, result, metrics, spare)
+        folder = _save_if_due(run, output_dir, result, metrics, spares)
         progress.epoch_done(metrics)
         if report is not None:
             report(dict(metrics), folder)
@@ -357,26 +364,26 @@ def _rank(metrics: dict) -> float:
     return math.inf if math.isnan(value) else value
 
 
-@contextmanager
-def _own_spare(output_dir: Path):
-    spare = output_dir / "checkpoints" / ".spare"
-    try:
-        yield spare
-    finally:
-        shutil.rmtree(spare, ignore_errors=True)
-
-
 def _save_if_due(run: Run, output_dir: Path | None, result: TrainResult, metrics: dict,
-                 spare: Path | None):
+                 spares: SparePool | None):
     if output_dir is None:
         return None
-    if run.epoch % run.config.save_every and run.epoch != run.config.epochs:
+    last = run.epoch == run.config.epochs
+    if run.epoch % run.config.save_every and not last:
         return None
-    folder = run.save(Path(output_dir) / "checkpoints" / f"epoch_{run.epoch:04d}", spare)
+    folder = Path(output_dir) / "checkpoints" / f"epoch_{run.epoch:04d}"
+    if last and not run.config.moments_in_last_checkpoint:
+        # Written afresh, so both spares stay for the next run in this process.
+        folder = run.save(folder, moments=False)
+    else:
+        folder = run.save(folder, spares)
     previous, best = result.last_checkpoint, result.best_checkpoint
     if best is None or _rank(metrics) < _rank(result.best_checkpoint_metrics):
         result.best_checkpoint, result.best_checkpoint_metrics = folder, metrics
     for old in {previous, best} - {None, folder, result.best_checkpoint}:
-        retire(old, spare)
+        if spares is not None:
+            spares.retire(old)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     result.last_checkpoint = folder
     return folder

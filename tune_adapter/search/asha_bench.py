@@ -8,6 +8,7 @@ scheduler, the configurations given as `points_to_evaluate`). Compared: the best
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,4 +136,8 @@ def bench_asha(work: Path, space: Path, trials: int = 16, epochs: int = 10) -> l
     options = SearchOptions(space=space, storage=work / "results", num_samples=trials, max_epochs=epochs,
                             grace_period=1, reduction_factor=3, name=f"asha-{time.time_ns()}",
                             quiet=True, cache_dir=work / "cache")
-    return asha_sections(compare_asha(options))
+    try:
+        return asha_sections(compare_asha(options))
+    finally:  # benchmark runs: their checkpoints would pile up run after run
+        for suffix in ("asha", "full"):
+            shutil.rmtree(options.storage / f"{options.experiment_name}-{suffix}", ignore_errors=True)

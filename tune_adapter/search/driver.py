@@ -203,6 +203,7 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
     info = experiment_info(options, space, probed.params, probed)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
                        save_every=options.checkpoint_every,
+                       moments_in_last_checkpoint=False,  # nothing resumes a finished trial
                        keep_freed_memory=keeps_freed_memory(options))
     return PreparedSearch(space, info, trial_setup(options, data, probed.params, base))
 

@@ -17,6 +17,7 @@ from ray import tune
 from ..config import TrainConfig
 from ..data import TrainData, open_pack
 from ..results import TrialStore
+from ..spare_files import SparePool
 from ..trainer import KeptModel, train
 from .storage import linking_filesystem
 
@@ -74,10 +75,10 @@ def remove_stale_scratch(root: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def spare_folder(root: Path) -> Path:
-    """This process's spare checkpoint folder (spare_files.py): it outlives the trial, so
-    the actor's next trial writes its first checkpoint over it."""
-    return root / f"{scratch_prefix()}spare"
+def spare_pool(root: Path) -> SparePool:
+    """This process's spare checkpoint folders (spare_files.py): they outlive the trial, so
+    the actor's next trial writes its first checkpoints over them."""
+    return SparePool(root / f"{scratch_prefix()}spares")
 
 
 def scratch_root(setup: TrialSetup) -> Path:
@@ -139,7 +140,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
                 resume_folder(tune.get_checkpoint()) as resume_from:
             result = train(trial_config(setup, config), data, report=report,
                            output_dir=Path(scratch), resume_from=resume_from,
-                           spare=spare_folder(root), kept=KEPT_MODEL)
+                           spares=spare_pool(root), kept=KEPT_MODEL)
         if not reports and result.last is not None:
             tune.report(dict(result.last))
     finally:
