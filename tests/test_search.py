@@ -157,3 +157,26 @@ def test_scratch_of_dead_trial_processes_is_removed(tmp_path):
         folder.mkdir()
     remove_stale_scratch(tmp_path)
     assert mine.exists() and other.exists() and not dead.exists()
+
+
+def test_a_result_with_a_checkpoint_is_written_once_with_it(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ray.tune.result import SHOULD_CHECKPOINT
+
+    from tune_adapter.results import ExperimentInfo, TrialStore
+    from tune_adapter.search.record import StoreCallback
+
+    writes = []
+    monkeypatch.setattr(TrialStore, "write", lambda self: writes.append(len(self.trials)))
+    callback = StoreCallback(tmp_path, ExperimentInfo(name="x", params=["lr"], max_epochs=2))
+    callback.setup()
+    trial = SimpleNamespace(trial_id="t1", config={"lr": 1e-3}, last_result={"epoch": 1})
+    result = {"epoch": 1, "val_l1": 0.5, SHOULD_CHECKPOINT: True}
+    callback.on_trial_result(0, [], trial, result)
+    assert writes == []
+    callback.on_checkpoint(0, [], trial, SimpleNamespace(path=str(tmp_path / "checkpoint_000000")))
+    assert len(writes) == 1
+    assert callback.store.trials["t1"].checkpoints == {1: str(tmp_path / "checkpoint_000000")}
+    callback.on_trial_result(0, [], trial, {"epoch": 2, "val_l1": 0.4})  # no checkpoint: at once
+    assert len(writes) == 2 and set(callback.store.trials["t1"].epochs) == {1, 2}

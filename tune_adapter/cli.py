@@ -380,7 +380,7 @@ def bench(
     search: Annotated[bool, typer.Option("--search", help="Instead: memory and overhead of two concurrent trials")] = False,
     asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
-    trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time")] = 8,
+    trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time (16: a default search's size)")] = 16,
     checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
 ):
     """Time the trainer against its floor and a straightforward trainer; report RSS and padding.

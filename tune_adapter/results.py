@@ -128,7 +128,9 @@ class TrialStore:
         record = self.trials.get(trial_id)
         return record is not None and record.status in FINAL_STATUSES
 
-    def record_epoch(self, trial_id: str, params: dict, metrics: dict, wall_seconds: float) -> None:
+    def record_epoch(self, trial_id: str, params: dict, metrics: dict, wall_seconds: float,
+                     write: bool = True) -> None:
+        """`write=False`: the caller writes with the next record (its checkpoint's)."""
         record = self._record(trial_id, params)
         if record.status in FINAL_STATUSES:
             return  # a finished trial rerun after a crash: its record stands as it was
@@ -136,7 +138,8 @@ class TrialStore:
         record.epochs[epoch] = {k: _number(metrics.get(k), int if k == "step" else float)
                                 for k in EPOCH_METRICS}
         record.wall_seconds = wall_seconds
-        self.write()
+        if write:
+            self.write()
 
     def record_checkpoint(self, trial_id: str, epoch: int, path: str) -> None:
         record = self.trials.get(trial_id)
