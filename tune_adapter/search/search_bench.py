@@ -176,7 +176,7 @@ def measure_and_remove(options: SearchOptions) -> SearchCost:
         shutil.rmtree(options.experiment_dir, ignore_errors=True)
 
 
-def bench_search(work: Path, space: Path, trials: int = 16, epochs: int = 8, clips: int = 48,
+def bench_search(work: Path, space: Path, trials: int = 16, epochs: int = 8, clips: int = 56,
                  checkpoint_every: int = 1) -> list:
     """InfiniteTalk-sized trials, two at once, on synthetic data; the report's sections.
 
