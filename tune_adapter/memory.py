@@ -36,7 +36,9 @@ def huge_pages_requested() -> bool:
 
 
 # glibc's mallopt parameters.
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+# Without the kept heap, blocks above this go back to the OS as soon as they are freed.
+RETURNED_BLOCK_BYTES = 4 << 20
 KEEP_ENV = "TUNE_ADAPTER_KEEP_FREED_MEMORY"
 
 
@@ -63,12 +65,20 @@ def keep_freed_memory(wanted: bool = True) -> bool:
     Process-wide and lasting; `release_freed_memory` gives the kept memory back (the
     trainer calls it before validating). TUNE_ADAPTER_KEEP_FREED_MEMORY=0 or 1 overrides
     `wanted`. Returns whether the heap is kept.
+
+    Not wanted (trials side by side), the opposite: glibc's mmap threshold is fixed at 4 MB.
+    By default glibc raises it to 32 MB once such a block is freed, and the blocks it then
+    serves from the heap stay resident: peak PSS of an InfiniteTalk-sized trial's process
+    1509 -> 1413 MB (one run each; epochs no slower beyond this machine's noise).
     """
     libc = _glibc()
     setting = os.environ.get(KEEP_ENV, "").strip()
     if setting:
         wanted = setting not in ("0", "false", "no")
-    if libc is None or not wanted:
+    if libc is None:
+        return False
+    if not wanted:
+        libc.mallopt(M_MMAP_THRESHOLD, RETURNED_BLOCK_BYTES)
         return False
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
