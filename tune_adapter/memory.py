@@ -69,7 +69,8 @@ def keep_freed_memory(wanted: bool = True) -> bool:
     Not wanted (trials side by side), the opposite: glibc's mmap threshold is fixed at 4 MB.
     By default glibc raises it to 32 MB once such a block is freed, and the blocks it then
     serves from the heap stay resident: peak PSS of an InfiniteTalk-sized trial's process
-    1509 -> 1413 MB (one run each; epochs no slower beyond this machine's noise).
+    1509 -> 1413 MB, which brought two trials within the memory target of README.md,
+    Performance. It costs speed: epochs 4.0-4.8 s (two runs) against 3.6-4.3 s (one).
     """
     libc = _glibc()
     setting = os.environ.get(KEEP_ENV, "").strip()
