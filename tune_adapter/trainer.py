@@ -8,7 +8,6 @@ the CLI prints from it, the Ray driver forwards it to `tune.report`.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -381,9 +380,6 @@ def _save_if_due(run: Run, output_dir: Path | None, result: TrainResult, metrics
     if best is None or _rank(metrics) < _rank(result.best_checkpoint_metrics):
         result.best_checkpoint, result.best_checkpoint_metrics = folder, metrics
     for old in {previous, best} - {None, folder, result.best_checkpoint}:
-        if spares is not None:
-            spares.retire(old)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
+        spares.retire(old)  # train() gives a pool whenever there is an output_dir
     result.last_checkpoint = folder
     return folder

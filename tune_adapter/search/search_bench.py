@@ -168,8 +168,8 @@ def bench_options(work: Path, space: Path, dims: str, trials: int, epochs: int, 
 
 
 def measure_and_remove(options: SearchOptions) -> SearchCost:
-    """`measure_search`, then the experiment goes: each trial keeps a 0.9 GB checkpoint at
-    InfiniteTalk's dims, and benchmarks are run again and again."""
+    """`measure_search`, then the experiment goes: each trial keeps a checkpoint of up to
+    0.9 GB at InfiniteTalk's dims, and benchmarks are run again and again."""
     try:
         return measure_search(options)
     finally:

@@ -67,8 +67,8 @@ def scratch_prefix() -> str:
 
 def remove_stale_scratch(root: Path) -> None:
     """Scratch folders of trial processes that died (a killed search, or a finished one)
-    hold up to a checkpoint each (about 0.9 GB at InfiniteTalk's dims): remove those of
-    dead processes."""
+    hold checkpoints and up to two spares (about 0.9 GB each at InfiniteTalk's dims):
+    remove those of dead processes."""
     for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
         pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
