@@ -10,6 +10,9 @@ MAX_EPOCHS = 12
 GRACE_PERIOD = 2
 REDUCTION_FACTOR = 3
 
+# The first trial: the user guide's defaults (trained all epochs, never pruned).
+BASELINE = {"lr": 1e-4, "batch_size": 2, "audio_window": 5, "weight_decay": 0.01}
+
 
 def space(trial):
     return {

@@ -41,7 +41,8 @@ class FakeTrial:
 
 
 def write_fake_experiment(folder: Path, trials: int = 10, seed: int = 0,
-                          distributions=DISTRIBUTIONS) -> list[FakeTrial]:
+                          distributions=DISTRIBUTIONS, baseline: dict | None = None) -> list[FakeTrial]:
+    """`baseline`: trial 0's params, marked as the search's baseline and never stopped."""
     rng = np.random.default_rng(seed)
     info = ExperimentInfo(name=Path(folder).name, params=list(distributions), max_epochs=MAX_EPOCHS,
                           num_samples=trials, space="search_spaces/default.py",
@@ -49,8 +50,10 @@ def write_fake_experiment(folder: Path, trials: int = 10, seed: int = 0,
     store = TrialStore(folder, info)
     made: list[FakeTrial] = []
     for number in range(trials):
-        trial = FakeTrial(f"4c1d2_{number:05d}", _sample(rng, distributions), "completed")
-        _run(store, trial, rng, made, fails=number == ERROR_TRIAL)
+        params = _sample(rng, distributions)
+        is_baseline = baseline is not None and number == 0
+        trial = FakeTrial(f"4c1d2_{number:05d}", {**params, **baseline} if is_baseline else params, "completed")
+        _run(store, trial, rng, made, fails=number == ERROR_TRIAL, baseline=is_baseline)
         made.append(trial)
     return made
 
@@ -69,7 +72,8 @@ def _sample(rng, distributions) -> dict:
     return params
 
 
-def _run(store: TrialStore, trial: FakeTrial, rng, earlier: list[FakeTrial], fails: bool) -> None:
+def _run(store: TrialStore, trial: FakeTrial, rng, earlier: list[FakeTrial], fails: bool,
+         baseline: bool = False) -> None:
     p = trial.params
     lr_miss = math.log10(p.get("lr", 1e-3) / 1e-3)
     floor = 0.03 + 0.05 * lr_miss ** 2 + 0.02 * abs(p.get("audio_window", 5) - 5) / 2
@@ -83,13 +87,13 @@ def _run(store: TrialStore, trial: FakeTrial, rng, earlier: list[FakeTrial], fai
         # A real folder: the store lists only checkpoints that still exist.
         checkpoint = store.folder / f"trial_{trial.trial_id}" / f"checkpoint_{epoch - 1:06d}"
         checkpoint.mkdir(parents=True, exist_ok=True)
-        store.record_epoch(trial.trial_id, p, metrics, wall_seconds=3.0 * epoch)
+        store.record_epoch(trial.trial_id, p, metrics, wall_seconds=3.0 * epoch, baseline=baseline)
         store.record_checkpoint(trial.trial_id, epoch, str(checkpoint))
         if fails:
             trial.status = "error"
             store.record_end(trial.trial_id, p, "error", ERROR_MESSAGE)
             return
-        if epoch in RUNGS and _below_median(trial, epoch, earlier):
+        if epoch in RUNGS and not baseline and _below_median(trial, epoch, earlier):
             trial.status = "pruned"
             store.record_end(trial.trial_id, p, "pruned")
             return

@@ -252,3 +252,19 @@ def test_a_running_trial_is_shown_and_kept_out_of_importances(tmp_path):
     assert set(param_importances(experiment).values) == set(DISTRIBUTIONS)
     html = write_report(tmp_path, tmp_path / "report.html").read_text()
     assert f"{len(made) + 1}: " in html and "1 running" in html
+
+
+def test_the_baseline_is_marked_and_compared_with_the_winner(tmp_path):
+    folder = tmp_path / "with-baseline"
+    baseline = {"lr": 1e-5, "batch_size": 2, "audio_window": 9, "weight_decay": 0.01}  # a poor one
+    trials = write_fake_experiment(folder, trials=24, seed=0, baseline=baseline)
+    parsed = ReportParser()
+    parsed.feed(write_report(folder, folder / "report.html").read_text())
+    base, best = trials[0], min(trials, key=lambda t: t.best_val_l1)
+    ranked = sorted(trials, key=lambda t: (t.best_val_l1, int(t.trial_id[-5:])))
+    assert ranked.index(base) >= 10  # below the top ten, shown all the same
+    rows = [row["cells"] for row in parsed.rows]
+    assert len(rows) == 11 and rows[-1][:2] == [str(ranked.index(base) + 1), f"{base.trial_id} (baseline)"]
+    gain = 1 - best.best_val_l1 / base.best_val_l1
+    assert (f"best {best.trial_id} val_l1 {best.best_val_l1:.4f} against baseline {base.trial_id} "
+            f"{base.best_val_l1:.4f}: {gain:.1%} lower") in report_text(parsed)

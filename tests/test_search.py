@@ -53,6 +53,36 @@ def test_a_search_writes_one_row_per_trial(tmp_path, synth_small):
     assert epochs["val_l1"].notna().all() and epochs["step"].dtype.kind == "i"
 
 
+def test_the_study_holds_every_epoch_and_the_baseline_runs_first_and_whole(tmp_path, synth_small):
+    from optuna.trial import TrialState
+
+    from tune_adapter.search.optuna_pruned import PrunedAwareOptunaSearch
+    from tune_adapter.space import load_space
+
+    outcome = run_search(options(tmp_path, synth_small, num_samples=7, max_epochs=4))
+    folder = outcome.experiment_dir
+    trials, epochs = read_trials(folder), read_epochs(folder)
+    searcher = PrunedAwareOptunaSearch(max_epochs=4)
+    searcher.restore_from_dir(str(folder))  # the searcher as Tune saved it in the experiment
+    states = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}
+    assert (trials["status"] == "pruned").any(), "the seeded search pruned no trial"
+    for row in trials.to_dict("records"):
+        study_trial = searcher.study_trial(row["trial_id"])
+        mine = epochs[epochs["trial_id"] == row["trial_id"]]
+        assert study_trial.intermediate_values == pytest.approx(dict(zip(mine["epoch"], mine["val_l1"])))
+        assert study_trial.state == states[row["status"]]
+    baseline = trials[trials["baseline"]]
+    assert len(baseline) == 1
+    row = baseline.iloc[0]
+    assert row["number"] == 0 and row["status"] == "completed" and row["epochs"] == 4
+    assert {k: row[k] for k in load_space(TINY).baseline} == load_space(TINY).baseline
+
+
+def test_no_baseline_turns_it_off(tmp_path, synth_small):
+    outcome = run_search(options(tmp_path, synth_small, num_samples=2, max_epochs=1, baseline=False))
+    assert not read_trials(outcome.experiment_dir)["baseline"].any()
+
+
 def test_an_existing_experiment_needs_resume(tmp_path, synth_small):
     from tune_adapter.errors import ConfigError
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from tune_adapter.cli import app
 from tune_adapter.errors import ConfigError
 from tune_adapter.search import resolve_options
-from tune_adapter.space import check_space, load_space, probe_space
+from tune_adapter.space import check_baseline, check_space, load_space, probe_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,7 @@ def test_shipped_spaces_pass_the_probe(name):
     space = load_space(ROOT / "search_spaces" / f"{name}.py")
     probed = probe_space(space)
     check_space(probed, space, None)
+    check_baseline(probed, space)
     assert {"lr", "batch_size", "audio_window"} <= set(probed.params)
     assert space.module_name in sys.modules  # so OptunaSearch can pickle space by reference
 
@@ -82,22 +83,69 @@ def test_missing_space_file(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
-def test_pruned_trials_reach_optuna_as_pruned():
+def test_every_epoch_reaches_optuna_and_stopped_trials_are_pruned():
+    """As Tune calls it: the result on which ASHA stops a trial reaches on_trial_complete only."""
     from optuna.trial import TrialState
 
     from tune_adapter.search.optuna_pruned import PrunedAwareOptunaSearch
 
     space = load_space(ROOT / "search_spaces" / "tiny.py")
-    searcher = PrunedAwareOptunaSearch(space=space.function, metric="val_l1", mode="min", seed=0,
-                                       max_epochs=3)
-    for trial_id, epochs in (("a", 1), ("b", 3), ("c", 2)):
+    searcher = PrunedAwareOptunaSearch(space=space.function, metric="val_l1", mode="min", max_epochs=3)
+    curves = {"a": [0.9], "b": [0.8, 0.5, 0.6], "c": [0.7, 0.65]}
+    for trial_id, curve in curves.items():
         assert searcher.suggest(trial_id) is not None
-        for epoch in range(1, epochs + 1):
-            searcher.on_trial_result(trial_id, {"val_l1": 1.0 / epoch, "epoch": epoch,
-                                                "training_iteration": epoch})
-        searcher.on_trial_complete(trial_id, {"val_l1": 1.0 / epochs, "epoch": epochs})
+        results = [{"val_l1": v, "epoch": e, "training_iteration": e} for e, v in enumerate(curve, 1)]
+        for result in results[:-1]:
+            searcher.on_trial_result(trial_id, result)
+        searcher.on_trial_complete(trial_id, results[-1])
     searcher.suggest("d")
     searcher.on_trial_complete("d", None, error=True)
-    states = [t.state for t in searcher._ot_study.trials]
-    assert states == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
-    assert searcher._ot_study.trials[1].value == pytest.approx(1 / 3)
+    trials = [searcher.study_trial(t) for t in "abcd"]
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED,
+                                         TrialState.FAIL]
+    for trial, curve in zip(trials, curves.values()):
+        assert trial.intermediate_values == dict(enumerate(curve, 1))
+    assert trials[1].value == pytest.approx(0.5)  # a completed trial's best epoch, not its last
+
+
+def test_the_baseline_is_the_first_trial_and_asha_never_stops_it():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from tune_adapter.search.optuna_pruned import (BASELINE_KEY, BaselineKeepingASHA,
+                                                   PrunedAwareOptunaSearch)
+
+    space = load_space(ROOT / "search_spaces" / "tiny.py")
+    searcher = PrunedAwareOptunaSearch(space=space.function, metric="val_l1", mode="min",
+                                       max_epochs=4, baseline=space.baseline)
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert first[BASELINE_KEY] is True and BASELINE_KEY not in second
+    assert {k: first[k] for k in space.baseline} == space.baseline
+
+    scheduler = BaselineKeepingASHA(time_attr="epoch", metric="val_l1", mode="min", max_t=4,
+                                    grace_period=1, reduction_factor=2)
+    good = SimpleNamespace(trial_id="good", config={})
+    base = SimpleNamespace(trial_id="base", config={BASELINE_KEY: True})
+    worse = SimpleNamespace(trial_id="worse", config={})
+    for trial in (good, base, worse):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, good, {"epoch": 1, "val_l1": 0.1}) == TrialScheduler.CONTINUE
+    # Both are worse than the rung's cutoff: ASHA stops the plain trial, keeps the baseline.
+    assert scheduler.on_trial_result(None, worse, {"epoch": 1, "val_l1": 0.9}) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, base, {"epoch": 1, "val_l1": 0.9}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, base, {"epoch": 4, "val_l1": 0.8}) == TrialScheduler.STOP
+
+
+@pytest.mark.parametrize("baseline, needle", [
+    ('{"lr": 1e-3, "momentum": 0.9}', "does not suggest"),
+    ('{"lr": 1.0}', "outside its distribution"),
+    ('{"audio_window": 4}', "outside its distribution"),
+    ('[1e-3]', "make it a dict"),
+])
+def test_a_bad_baseline_is_refused(tmp_path, baseline, needle):
+    body = '{"lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True), "audio_window": trial.suggest_int("audio_window", 3, 7, step=2)}'
+    path = space_file(tmp_path, body, constants=f"BASELINE = {baseline}")
+    with pytest.raises(ConfigError, match=needle):
+        space = load_space(path)
+        check_baseline(probe_space(space), space)

@@ -179,6 +179,7 @@ def search(
     max_failures: Annotated[Optional[int], typer.Option(help="Retries of a failing trial [1]")] = None,
     mixed_precision: Annotated[bool, typer.Option(help="bf16 autocast in every trial")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N epochs and at a trial's end (fewer: less I/O, coarser resume and export)")] = 1,
+    baseline: Annotated[bool, typer.Option(help="First run the space's BASELINE (the guide's defaults), all epochs, to compare the winner with")] = True,
     cache_dir: CacheDir = None,
     top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
 ):
@@ -197,6 +198,7 @@ def search(
         gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, storage=storage, name=name,
         seed=seed, resume=resume, address=address, max_failures=max_failures,
         mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, cache_dir=cache_dir,
+        baseline=baseline,
     )
     outcome = run_search(options, console=console)
     folder, info = open_experiment(outcome.experiment_dir)
@@ -379,6 +381,8 @@ def bench(
     lengths: Annotated[tuple[int, int], typer.Option(help="Clip lengths of the padding measurement")] = (21, 121),
     search: Annotated[bool, typer.Option("--search", help="Instead: memory and overhead of two concurrent trials")] = False,
     asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
+    quality: Annotated[bool, typer.Option("--quality", help="Instead: the default search against random search, the guide's defaults and a grid, on 4 synthetic tasks")] = False,
+    seeds: Annotated[int, typer.Option(help="--quality: search seeds per task")] = 3,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
     trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time (16: a default search's size)")] = 16,
     checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
@@ -390,6 +394,13 @@ def bench(
     from .bench import BenchSpec, run_bench
     from .display import bench_table, console, sections_table
 
+    if quality:
+        from .search.quality_bench import bench_quality, quality_sections
+
+        with console.status("benchmarking: search quality (real searches; about 30 minutes on 2 cores)"):
+            results = bench_quality(work_dir / "quality", Path("search_spaces"), seeds=seeds)
+        console.print(sections_table("tune-adapter bench: search quality", quality_sections(results)))
+        return
     if search or asha:
         from .search.asha_bench import bench_asha
         from .search.search_bench import bench_search

@@ -1,7 +1,8 @@
 """The Parquet trial store: `trials.parquet` and `epochs.parquet` of one experiment.
 
 `trials.parquet`: one row per trial: `trial_id`, `number` (0, 1, ... in the order trials
-started), `status` (running|completed|pruned|error),
+started), `status` (running|completed|pruned|error), `baseline` (the search's baseline
+trial: the space's BASELINE values, trained all epochs),
 every sampled parameter as its own column (named as the space names it), `epochs`,
 `best_epoch`, `best_val_l1`, `best_val_mse`, `best_val_cos`, `last_train_loss`,
 `last_val_l1`, `last_val_mse`, `last_val_cos`, `wall_seconds`, `best_checkpoint`, `error`.
@@ -60,6 +61,7 @@ class TrialRecord:
     checkpoints: dict[int, str] = field(default_factory=dict)
     wall_seconds: float = 0.0
     error: str | None = None
+    baseline: bool = False
 
     def best_epoch(self) -> int | None:
         ranked = [(m["val_l1"], e) for e, m in self.epochs.items() if not math.isnan(m["val_l1"])]
@@ -73,6 +75,7 @@ class TrialRecord:
             "trial_id": self.trial_id,
             "number": self.number,
             "status": self.status,
+            "baseline": self.baseline,
             **{p: self.params.get(p) for p in params},
             "epochs": len(self.epochs),
             "best_epoch": best,
@@ -112,6 +115,7 @@ class TrialStore:
                 trial_id=row["trial_id"], params={p: row.get(p) for p in self.info.params},
                 number=row["number"],
                 status=row["status"], wall_seconds=row["wall_seconds"] or 0.0, error=row["error"],
+                baseline=bool(row.get("baseline", False)),
             )
         for row in epochs:
             record = self.trials[row["trial_id"]]
@@ -119,9 +123,10 @@ class TrialStore:
             if row["checkpoint"]:
                 record.checkpoints[row["epoch"]] = row["checkpoint"]
 
-    def _record(self, trial_id: str, params: dict) -> TrialRecord:
+    def _record(self, trial_id: str, params: dict, baseline: bool = False) -> TrialRecord:
         if trial_id not in self.trials:
-            self.trials[trial_id] = TrialRecord(trial_id, dict(params), number=len(self.trials))
+            self.trials[trial_id] = TrialRecord(trial_id, dict(params), number=len(self.trials),
+                                                baseline=baseline)
         return self.trials[trial_id]
 
     def is_finished(self, trial_id: str) -> bool:
@@ -129,9 +134,9 @@ class TrialStore:
         return record is not None and record.status in FINAL_STATUSES
 
     def record_epoch(self, trial_id: str, params: dict, metrics: dict, wall_seconds: float,
-                     write: bool = True) -> None:
+                     write: bool = True, baseline: bool = False) -> None:
         """`write=False`: the caller writes with the next record (its checkpoint's)."""
-        record = self._record(trial_id, params)
+        record = self._record(trial_id, params, baseline)
         if record.status in FINAL_STATUSES:
             return  # a finished trial rerun after a crash: its record stands as it was
         epoch = int(metrics["epoch"])
@@ -148,8 +153,9 @@ class TrialStore:
         record.checkpoints[epoch] = path
         self.write()
 
-    def record_end(self, trial_id: str, params: dict, status: str, error: str | None = None) -> None:
-        record = self._record(trial_id, params)
+    def record_end(self, trial_id: str, params: dict, status: str, error: str | None = None,
+                   baseline: bool = False) -> None:
+        record = self._record(trial_id, params, baseline)
         if record.status in FINAL_STATUSES:
             return
         record.status, record.error = status, error
@@ -173,7 +179,8 @@ def _trials_schema(params: list[str], rows: list[dict]) -> pa.Schema:
     metrics = ["best_val_l1", "best_val_mse", "best_val_cos", "last_train_loss", "last_val_l1",
                "last_val_mse", "last_val_cos", "wall_seconds"]
     return pa.schema(
-        [("trial_id", pa.string()), ("number", pa.int64()), ("status", pa.string())]
+        [("trial_id", pa.string()), ("number", pa.int64()), ("status", pa.string()),
+         ("baseline", pa.bool_())]
         + [(p, _param_type([r[p] for r in rows])) for p in params]
         + [("epochs", pa.int64()), ("best_epoch", pa.int64())]
         + [(m, pa.float64()) for m in metrics]
@@ -223,8 +230,11 @@ def read_info(folder: Path) -> ExperimentInfo:
 
 
 def read_trials(folder: Path):
-    """trials.parquet as a pandas DataFrame."""
-    return read_table(Path(folder) / TRIALS_FILE).to_pandas()
+    """trials.parquet as a pandas DataFrame (a search from before baselines: all False)."""
+    trials = read_table(Path(folder) / TRIALS_FILE).to_pandas()
+    if "baseline" not in trials:
+        trials.insert(3, "baseline", False)
+    return trials
 
 
 def read_epochs(folder: Path):
@@ -262,3 +272,25 @@ def best_trial(trials, folder: Path) -> dict:
     if kept.empty:
         raise UserError(f"no trial in {folder} has a checkpoint yet: wait for the search to report")
     return kept.iloc[0].to_dict()
+
+
+def baseline_verdict(trials_frame) -> str | None:
+    """One line: how much lower the winner's best val_l1 is than the baseline's, or that the
+    search did not beat it. None when the search ran without a baseline."""
+    if "baseline" not in trials_frame or not trials_frame["baseline"].any():
+        return None
+    base = trials_frame[trials_frame["baseline"]].iloc[0]
+    ranked = trials_frame.dropna(subset=["best_val_l1"]).sort_values("best_val_l1")
+    if base["best_val_l1"] is None or _is_nan(base["best_val_l1"]):
+        return f"baseline {base['trial_id']} has no val_l1 yet"
+    winner = ranked.iloc[0]
+    if winner["trial_id"] == base["trial_id"] or winner["best_val_l1"] >= base["best_val_l1"]:
+        return (f"the search did not beat its baseline: {base['trial_id']} (the space's BASELINE) "
+                f"has the best val_l1, {base['best_val_l1']:.4f}")
+    gain = 1 - winner["best_val_l1"] / base["best_val_l1"]
+    return (f"best {winner['trial_id']} val_l1 {winner['best_val_l1']:.4f} against baseline "
+            f"{base['trial_id']} {base['best_val_l1']:.4f}: {gain:.1%} lower")
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)

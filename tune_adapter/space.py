@@ -42,6 +42,7 @@ class SearchSpace:
     module_name: str
     function: Callable
     defaults: dict  # flag name (lower case) -> value, from the module's constants
+    baseline: dict | None = None  # BASELINE: the search's first trial, what it must beat
 
 
 def module_name_for(path: Path) -> str:
@@ -61,7 +62,11 @@ def load_space(path: str | Path) -> SearchSpace:
     if not callable(function):
         raise ConfigError(f"--space {path} defines no function space(trial): add one returning a dict")
     defaults = {c.lower(): getattr(module, c) for c in FLAG_CONSTANTS if hasattr(module, c)}
-    return SearchSpace(path, name, function, defaults)
+    baseline = getattr(module, "BASELINE", None)
+    if baseline is not None and not isinstance(baseline, dict):
+        raise ConfigError(f"--space {path}: BASELINE is a {type(baseline).__name__}: make it a dict "
+                          "of parameter values, e.g. {'lr': 1e-4}")
+    return SearchSpace(path, name, function, defaults, baseline)
 
 
 def _import(path: Path, name: str) -> ModuleType:
@@ -187,3 +192,20 @@ def check_space(probed: ProbedSpace, space: SearchSpace, latent_scales: list[int
                 f"vae-scale {', '.join(map(str, latent_scales))}: fix vae_scale in the space "
                 "(search_spaces/infinitetalk.py) or use per-frame targets"
             )
+
+
+def check_baseline(probed: ProbedSpace, space: SearchSpace) -> None:
+    """Refuse a BASELINE naming a parameter the space does not sample, or a value outside
+    its range: Optuna would otherwise warn and sample that parameter instead."""
+    for name, value in (space.baseline or {}).items():
+        dist = probed.distributions.get(name)
+        if dist is None:
+            raise ConfigError(f"--space {space.path}: BASELINE sets {name!r}, which space(trial) does not "
+                              f"suggest; use one of {', '.join(sorted(probed.distributions))}")
+        try:
+            inside = dist._contains(dist.to_internal_repr(value))
+        except (TypeError, ValueError):
+            inside = False
+        if not inside:
+            raise ConfigError(f"--space {space.path}: BASELINE {name}={value!r} lies outside its "
+                              f"distribution {dist}: change the value or the range")

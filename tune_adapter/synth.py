@@ -1,10 +1,12 @@
 """Synthetic teacher/student datasets for the quickstart, the tests and the benchmarks.
 
 Frame embeddings are temporally smooth (an AR(1) process per channel, like wav2vec2
-features that change slowly from frame to frame). A seeded teacher AudioProjModel with
-InfiniteTalk's windows (W=5, S=4) turns them into tokens, so a student with the right
-window can match the teacher exactly and a search has a real optimum to find.
-Per-frame targets repeat each latent's tokens over the frames that latent covers.
+features that change slowly from frame to frame). A seeded teacher AudioProjModel
+(InfiniteTalk's windows W=5, S=4 unless told otherwise) turns them into tokens, so a student
+with the right window can match the teacher exactly and a search has a real optimum to
+find. Per-frame targets repeat each latent's tokens over the frames that latent covers.
+`label_noise` adds Gaussian noise to the training targets only (validation stays the
+teacher's own tokens), as a less than perfect teacher would.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 
 from .adapter import AdapterDims, AudioProjModel
 from .errors import ConfigError
-from .windows import WindowSpec, clip_inputs, latent_of_frame
+from .windows import check_window
+from .teacher import teacher_tokens
 
 DIMS = {
     "tiny": dict(layers=2, channels=16, intermediate_dim=32, context_tokens=4, output_dim=16),
@@ -25,7 +28,6 @@ DIMS = {
                          output_dim=768),
 }
 LAYOUTS = ("frame", "latent")
-TEACHER_WINDOW = WindowSpec(audio_window=5, vae_scale=4)
 SMOOTHNESS = 0.9  # AR(1) coefficient between consecutive frames
 SIGNAL_RANK = 4  # directions the frame embeddings move in
 
@@ -39,6 +41,9 @@ class SynthSpec:
     min_frames: int = 21
     max_frames: int = 81
     seed: int = 0
+    teacher_window: int = 5
+    teacher_scale: int = 4
+    label_noise: float = 0.0  # std of the noise on training targets, relative to the tokens'
 
     def __post_init__(self):
         if self.dims not in DIMS:
@@ -49,10 +54,13 @@ class SynthSpec:
             raise ConfigError("--min-frames must be >= 1 and at most --max-frames")
         if self.train_clips < 1 or self.val_clips < 1:
             raise ConfigError("--train-clips and --val-clips must be >= 1")
+        if self.label_noise < 0:
+            raise ConfigError(f"--label-noise {self.label_noise} must be >= 0")
+        check_window(self.teacher_window, self.teacher_scale)
 
     def adapter_dims(self) -> AdapterDims:
-        return AdapterDims(audio_window=TEACHER_WINDOW.audio_window,
-                           vae_scale=TEACHER_WINDOW.vae_scale, **DIMS[self.dims])
+        return AdapterDims(audio_window=self.teacher_window, vae_scale=self.teacher_scale,
+                           **DIMS[self.dims])
 
 
 def clip_generator(seed: int, index: int) -> torch.Generator:
@@ -97,13 +105,10 @@ def make_teacher(dims: AdapterDims, seed: int) -> AudioProjModel:
     return teacher
 
 
-@torch.no_grad()
-def teacher_tokens(teacher: AudioProjModel, audio: torch.Tensor, layout: str) -> torch.Tensor:
-    first, latter = clip_inputs(audio, TEACHER_WINDOW)
-    latents = teacher(first, latter)[0]
-    if layout == "latent":
-        return latents
-    return latents[latent_of_frame(audio.shape[0], TEACHER_WINDOW.vae_scale)]
+def add_label_noise(tokens: torch.Tensor, relative_std: float, gen: torch.Generator) -> torch.Tensor:
+    if relative_std == 0:
+        return tokens
+    return tokens + torch.randn(tokens.shape, generator=gen) * relative_std * tokens.std()
 
 
 def write_synth(out: Path, spec: SynthSpec) -> dict[str, Path]:
@@ -123,6 +128,8 @@ def write_synth(out: Path, spec: SynthSpec) -> dict[str, Path]:
             frames = int(torch.randint(spec.min_frames, spec.max_frames + 1, (1,), generator=gen))
             audio = smooth_embeddings(frames, mixing, gen)
             tokens = teacher_tokens(teacher, audio, spec.layout)
+            if split == "train":
+                tokens = add_label_noise(tokens, spec.label_noise, gen)
             audio_name, target_name = f"clips/clip_{i:05d}_audio.pt", f"clips/clip_{i:05d}_tokens.pt"
             torch.save(audio, out / audio_name)
             torch.save(tokens.contiguous(), out / target_name)

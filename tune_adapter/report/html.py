@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..results import baseline_verdict
 from .experiment import RANK_METRIC, Experiment, is_missing
 from .importance import Importances
 
@@ -55,7 +56,7 @@ def render(experiment: Experiment, figures: Figures, importances: Importances) -
         _summary(experiment),
         "<h2>Learning curves</h2>", _image(figures.curves, "val_l1 curves of every trial"),
         "<p class='caption'>Dashed grey lines ending in an x: trials ASHA stopped early "
-        "(pruned); red: the best trial.</p>",
+        "(pruned); red: the best trial; black dots: the baseline (the space's BASELINE).</p>",
         "<h2>Search progress</h2>", _image(figures.best_so_far, "best val_l1 so far by trial"),
         "<h2>Parameters</h2>", _image(figures.params, "each parameter against best val_l1"),
         "<h2>Parameter importance</h2>", _importance(figures.importance, importances),
@@ -79,6 +80,7 @@ def _summary(experiment: Experiment) -> str:
         ("best trial", f"{best['trial_id']}: val_l1 {_number(best[RANK_METRIC])} at epoch "
                        f"{_number(best['best_epoch'])} ({best['status']})"),
         ("best parameters", ", ".join(f"{p}={_number(best[p])}" for p in experiment.params)),
+        *([("baseline", verdict)] if (verdict := baseline_verdict(experiment.trials)) else []),
         ("search", f"metric {info.metric} ({info.mode}), up to {info.max_epochs} epochs, "
                    f"{info.num_samples} samples" + (f", space {info.space}" if info.space else "")),
     ]
@@ -87,16 +89,18 @@ def _summary(experiment: Experiment) -> str:
 
 
 def _top_table(experiment: Experiment) -> str:
-    top = experiment.ranked().head(TOP_TRIALS)
+    ranked = experiment.ranked().reset_index(drop=True)
+    top = ranked[(ranked.index < TOP_TRIALS) | ranked["baseline"]]  # the baseline wherever it ranks
     best_id = experiment.best()["trial_id"]
     head = (["rank", "trial", "status"] + experiment.params
             + ["best val_l1", "val_mse", "val_cos", "best epoch", "epochs"])
     lines = ["<table class='top'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
              + "</tr></thead><tbody>"]
     # Records, not itertuples: a param name need not be a Python identifier.
-    for rank, row in enumerate(top.to_dict("records"), start=1):
+    for rank, row in zip(top.index + 1, top.to_dict("records")):
         classes = row["status"] + (" best" if row["trial_id"] == best_id else "")
-        cells = [_td(rank), f"<td class='trial'>{_e(row['trial_id'])}</td>",
+        marker = " (baseline)" if row["baseline"] else ""
+        cells = [_td(rank), f"<td class='trial'>{_e(row['trial_id'] + marker)}</td>",
                  f"<td class='status'>{_e(row['status'])}</td>"]
         cells += [_td(row[p]) for p in experiment.params]
         cells += [_td(row[k]) for k in (RANK_METRIC, "best_val_mse", "best_val_cos",
@@ -106,7 +110,7 @@ def _top_table(experiment: Experiment) -> str:
         lines.append(f"<tr class='checkpoint {_e(classes)}'><td></td><td colspan='{len(head) - 1}'>"
                      f"checkpoint: {_e(_text(row['best_checkpoint']) or '–')}</td></tr>")
     lines.append("</tbody></table>")
-    shown = f"best {len(top)} of {len(experiment.ranked())} trials with a val_l1"
+    shown = f"best {min(len(top), TOP_TRIALS)} of {len(ranked)} trials with a val_l1"
     return "\n".join(lines) + f"<p class='caption'>{_e(shown)}, ranked by best val_l1.</p>"
 
 

@@ -18,6 +18,7 @@ from .importance import Importances
 WIDTH = 10.0  # inches; at DPI this about fills the report's column without scaling
 DPI = 100
 BEST_COLOR = "#d62728"
+BASELINE_COLOR = "#000000"
 STATUS_STYLE = {  # line style for curves, marker for scatter plots
     "completed": dict(color="#4c72b0", linestyle="-", marker="o", label="completed"),
     "pruned": dict(color="#8c8c8c", linestyle="--", marker="x", label="pruned by ASHA"),
@@ -58,6 +59,11 @@ def curves_figure(experiment: Experiment) -> Figure:
     ax.plot(best["epoch"], best["val_l1"], color=BEST_COLOR, linewidth=2.6, marker="o",
             markersize=4, zorder=5)
     values.extend(best["val_l1"])
+    baseline_ids = experiment.trials.loc[experiment.trials["baseline"], "trial_id"].tolist()
+    for trial_id in baseline_ids:
+        curve = experiment.curve(trial_id)
+        ax.plot(curve["epoch"], curve["val_l1"], color=BASELINE_COLOR, linestyle=":", linewidth=2.2,
+                zorder=4)
     _maybe_log_y(ax, values)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_l1")
@@ -65,6 +71,8 @@ def curves_figure(experiment: Experiment) -> Figure:
     ax.grid(alpha=0.3)
     statuses = [s for s in STATUS_STYLE if s in set(experiment.trials["status"])]
     handles = [Line2D([], [], color=BEST_COLOR, linewidth=2.6, label=f"best: {best_id}")]
+    handles += [Line2D([], [], color=BASELINE_COLOR, linestyle=":", linewidth=2.2, label=f"baseline: {t}")
+                for t in baseline_ids]
     handles += [Line2D([], [], color=STATUS_STYLE[s]["color"], linestyle=STATUS_STYLE[s]["linestyle"],
                        marker=STATUS_STYLE[s]["marker"] if s in ("pruned", "error") else None,
                        label=STATUS_STYLE[s]["label"])

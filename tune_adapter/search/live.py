@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 from ray.tune import Callback
 
-from ..results import ExperimentInfo
+from ..results import ExperimentInfo, baseline_verdict
+from .optuna_pruned import BASELINE_KEY
 
 STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
 
@@ -35,9 +36,10 @@ class LiveTable(Callback):
         self.console = console
         self.live: Live | None = None
         self.best: tuple[float, str, dict] | None = None
+        self.baseline: float | None = None  # the baseline trial's best val_l1 so far
 
     def __getstate__(self):
-        return {"info": self.info, "console": None, "live": None, "best": None}
+        return {"info": self.info, "console": None, "live": None, "best": None, "baseline": None}
 
     def setup(self, **info):
         self.live = Live(self.render([]), console=self.console or Console(), refresh_per_second=4,
@@ -53,20 +55,25 @@ class LiveTable(Callback):
     def render(self, trials) -> Table:
         counts = Counter(self.state_of(t) for t in trials)
         table = Table(title=f"search {self.info.name}", title_justify="left")
-        for column in ("running", "pending", "done", "pruned", "failed", "best val_l1", "best parameters"):
+        for column in ("running", "pending", "done", "pruned", "failed", "baseline val_l1", "best val_l1",
+                       "best parameters"):
             table.add_column(column, justify="right" if column != "best parameters" else "left")
         best_value, best_params = ("-", "")
         if self.best is not None:
             best_value, best_params = f"{self.best[0]:.4f}", params_text(self.best[2])
         table.add_row(*(str(counts.get(s, 0)) for s in ("running", "pending", "done", "pruned", "failed")),
-                      best_value, best_params)
+                      _metric(self.baseline), best_value, best_params)
         table.caption = f"{len(trials)} of {self.info.num_samples} trials started, max {self.info.max_epochs} epochs"
         return table
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.info.metric)
-        if value is not None and not math.isnan(value) and (self.best is None or value < self.best[0]):
+        if value is None or math.isnan(value):
+            return
+        if self.best is None or value < self.best[0]:
             self.best = (value, trial.trial_id, {p: trial.config.get(p) for p in self.info.params})
+        if trial.config.get(BASELINE_KEY) and (self.baseline is None or value < self.baseline):
+            self.baseline = value
 
     def on_step_end(self, iteration, trials, **info):
         if self.live is not None:
@@ -81,7 +88,8 @@ class LiveTable(Callback):
 
 
 def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> Group:
-    """The best trials by `best_val_l1`, then their checkpoint folders (long paths wrap)."""
+    """The best trials by `best_val_l1` (and the baseline, marked, wherever it ranks), their
+    checkpoint folders (long paths wrap), and how the winner compares with the baseline."""
     varying = [p for p in params if trials_frame[p].nunique(dropna=False) > 1] or params
     table = Table(title=title, title_justify="left")
     table.add_column("#")
@@ -89,18 +97,24 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
     table.add_column("status", no_wrap=True, min_width=9)
     for column in (*varying, "best val_l1", "val_cos", "epoch"):
         table.add_column(column)
-    ranked = trials_frame.sort_values("best_val_l1", na_position="last").head(top).to_dict("records")
+    ranked = trials_frame.sort_values("best_val_l1", na_position="last").reset_index(drop=True)
+    shown = [(i + 1, row) for i, row in enumerate(ranked.to_dict("records")) if i < top or _is_baseline(row)]
     paths = Text()
-    for rank, row in enumerate(ranked, start=1):
+    for rank, row in shown:
         epoch = row["best_epoch"]
         table.add_row(
-            str(rank), row["trial_id"], row["status"], *(format_param(row[p]) for p in varying),
-            _metric(row["best_val_l1"]), _metric(row["best_val_cos"]),
-            "-" if epoch is None or _isnan(epoch) else str(int(epoch)),
+            str(rank), row["trial_id"] + (" (baseline)" if _is_baseline(row) else ""), row["status"],
+            *(format_param(row[p]) for p in varying), _metric(row["best_val_l1"]),
+            _metric(row["best_val_cos"]), "-" if epoch is None or _isnan(epoch) else str(int(epoch)),
         )
         where = row["best_checkpoint"] or row["error"] or "no checkpoint kept"
         paths.append(f"#{rank} {row['trial_id']}: {short_path(where)}\n")
-    return Group(table, paths)
+    verdict = baseline_verdict(ranked)
+    return Group(table, paths, Text(verdict)) if verdict else Group(table, paths)
+
+
+def _is_baseline(row: dict) -> bool:
+    return bool(row.get("baseline", False))
 
 
 def short_path(path: str) -> str:

@@ -45,6 +45,8 @@ class SearchOptions:
     checkpoint_every: int = 1
     cache_dir: Path | None = None
     quiet: bool = False  # no live table (tests, scripts)
+    baseline: bool = True  # run the space's BASELINE as the first trial (--no-baseline: off)
+    sampler: str = "tpe"  # "tpe", or "random" (the quality benchmark's comparison)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -57,6 +59,7 @@ class SearchOptions:
             "--max-concurrent": self.max_concurrent is None or self.max_concurrent >= 1,
             "--max-failures": self.max_failures >= 0,
             "--checkpoint-every": self.checkpoint_every >= 1,
+            "--sampler": self.sampler in ("tpe", "random"),
         }
         for flag, ok in checks.items():
             if not ok:

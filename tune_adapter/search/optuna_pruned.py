@@ -1,27 +1,82 @@
-"""OptunaSearch that tells the study which trials ASHA stopped.
+"""OptunaSearch that tells the study every epoch, and ASHA that never stops the baseline.
 
-Ray hands a trial that ASHA stopped to the searcher as finished, with its last, partly
-trained `val_l1`; Optuna's TPE would then learn from unfinished losses as if they were
-final. Trials that did not reach max epochs are told as PRUNED instead (Optuna keeps their
-intermediate values, reported every epoch).
+Ray Tune calls a searcher's `on_trial_result` only when the scheduler lets the trial go on:
+the result on which ASHA stops a trial reaches `on_trial_complete` alone, and stock
+OptunaSearch then tells it as a finished trial with a half-trained value. Here every epoch's
+`val_l1` becomes an intermediate value of the study (at step = epoch), the stopping one
+included, and a stopped trial is told PRUNED only after it: TPE ranks pruned trials by
+their last (step, value), so a pruned trial without values teaches it nothing.
+A trial that ran all epochs is told COMPLETE with its best epoch's value, the value the
+search ranks and exports it by.
 """
 
 from __future__ import annotations
 
+import math
+
 from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
+
+BASELINE_KEY = "baseline"  # set (True) in the config of the search's baseline trial
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_epochs: int, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, max_epochs: int, baseline: dict | None = None, **kwargs):
+        super().__init__(*args, points_to_evaluate=[dict(baseline)] if baseline else None, **kwargs)
         self.max_epochs = max_epochs
+        # The enqueued baseline is what the study's first ask() returns.
+        self.baseline_pending = bool(baseline)
+        self.values: dict[str, dict[int, float]] = {}  # trial id -> epoch -> val_l1 told
 
-    def stopped_early(self, result: dict | None, error: bool) -> bool:
-        return not error and bool(result) and result.get("epoch", self.max_epochs) < self.max_epochs
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if config is not None and self.baseline_pending:
+            self.baseline_pending = False
+            config[BASELINE_KEY] = True
+        return config
+
+    def study_trial(self, trial_id: str):
+        """The Optuna study's record (FrozenTrial) of a Tune trial."""
+        return self._ot_study.trials[self._ot_trials[trial_id].number]
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if trial_id not in self._completed_trials:
+            self.tell_epoch(trial_id, result)
+
+    def tell_epoch(self, trial_id: str, result: dict | None) -> None:
+        """Report the result's value at step = its epoch, once per epoch."""
+        if not result or self.metric not in result or "epoch" not in result:
+            return
+        epoch, value = int(result["epoch"]), float(result[self.metric])
+        told = self.values.setdefault(trial_id, {})
+        if epoch not in told and not math.isnan(value):
+            self._ot_trials[trial_id].report(value, epoch)
+            told[epoch] = value
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if not self.stopped_early(result, error) or trial_id in self._completed_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        if trial_id in self._completed_trials:
+            return
+        self.tell_epoch(trial_id, result)
+        told = self.values.get(trial_id, {})
+        if error or not told:
+            state, value = (TrialState.FAIL if error else TrialState.PRUNED), None
+        elif max(told) < self.max_epochs:
+            state, value = TrialState.PRUNED, None
+        else:
+            state, value = TrialState.COMPLETE, min(told.values())
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         self._completed_trials.add(trial_id)
+
+
+class BaselineKeepingASHA(ASHAScheduler):
+    """ASHA whose rungs record the baseline like any trial, but which never stops it:
+    the baseline is what the search is measured against, so it trains all epochs."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if (action == TrialScheduler.STOP and trial.config.get(BASELINE_KEY)
+                and result.get(self._time_attr, 0) < self._max_t):
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action

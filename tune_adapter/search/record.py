@@ -13,6 +13,7 @@ from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import ExperimentInfo, TrialStore
+from .optuna_pruned import BASELINE_KEY
 
 
 def error_message(trial) -> str:
@@ -21,6 +22,10 @@ def error_message(trial) -> str:
     text = str(error) if error is not None else ""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "the trial failed (no error text was saved)"
+
+
+def is_baseline(trial) -> bool:
+    return bool(trial.config.get(BASELINE_KEY, False))
 
 
 class StoreCallback(Callback):
@@ -51,7 +56,7 @@ class StoreCallback(Callback):
         # A result that carries a checkpoint is written once, with it (`on_checkpoint`): the
         # trial waits for the driver after each report, and each write cost it ~30 ms in a profile.
         self.store.record_epoch(trial.trial_id, self.params_of(trial), result, self.wall_seconds(trial),
-                                write=not result.get(SHOULD_CHECKPOINT, False))
+                                write=not result.get(SHOULD_CHECKPOINT, False), baseline=is_baseline(trial))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Tune calls this right after on_trial_result for the same report.
@@ -64,7 +69,8 @@ class StoreCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = (trial.last_result or {}).get("epoch", 0)
         status = "completed" if epochs >= self.info.max_epochs else "pruned"
-        self.store.record_end(trial.trial_id, self.params_of(trial), status)
+        self.store.record_end(trial.trial_id, self.params_of(trial), status, baseline=is_baseline(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial))
+        self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial),
+                              baseline=is_baseline(trial))
