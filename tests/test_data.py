@@ -138,3 +138,28 @@ def test_bucketing_wastes_less_padding():
     shuffled = BatchSampler(lengths, 8, seed=1, bucket=False).batches()
     bucketed = BatchSampler(lengths, 8, seed=1, bucket=True).batches()
     assert padded_fraction(bucketed, lengths) < 0.05 < 0.3 < padded_fraction(shuffled, lengths)
+
+
+def test_synth_teacher_window_scale_and_label_noise(tmp_path):
+    """Validation targets are the teacher's own tokens; training targets carry the noise."""
+    import json
+
+    from tune_adapter.synth import SynthSpec, make_teacher, write_synth
+    from tune_adapter.teacher import teacher_tokens
+
+    spec = SynthSpec(train_clips=6, val_clips=3, teacher_window=3, teacher_scale=2, label_noise=0.5,
+                     min_frames=30, max_frames=40, seed=4)
+    manifests = write_synth(tmp_path, spec)
+    teacher = make_teacher(spec.adapter_dims(), spec.seed)
+    assert (teacher.dims.audio_window, teacher.dims.vae_scale) == (3, 2)
+    relative_noise = []
+    for split in ("train", "val"):
+        for entry in json.loads(manifests[split].read_text()):
+            audio = torch.load(tmp_path / entry["audio"], weights_only=True)
+            target = torch.load(tmp_path / entry["target"], weights_only=True)
+            clean = teacher_tokens(teacher, audio, "frame")
+            if split == "val":
+                assert torch.equal(target, clean)
+            else:
+                relative_noise.append(float((target - clean).std() / clean.std()))
+    assert min(relative_noise) > 0.4 and max(relative_noise) < 0.6

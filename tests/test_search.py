@@ -135,7 +135,7 @@ def test_search_results_and_best_commands(tmp_path, synth_small):
         "--storage", str(storage), "--name", "cli"], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     for text in ("search cli", "running", "pending", "done", "pruned", "failed", "best val_l1",
-                 "top 5 trials", "trials.parquet"):
+                 "baseline val_l1", "(baseline)", "top 5 trials", "trials.parquet"):
         assert text in result.output
     folder = storage / "cli"
     csv = runner.invoke(app, ["results", "--experiment", str(folder), "--format", "csv"])
@@ -147,6 +147,9 @@ def test_search_results_and_best_commands(tmp_path, synth_small):
     assert {r["trial_id"] for r in rows} == set(frame["trial_id"]) and all("val_l1" in r for r in rows)
     best = runner.invoke(app, ["best", "--experiment", str(folder), "--top", "2"], env={"COLUMNS": "160"})
     assert best.exit_code == 0 and "top 2 trials" in best.output
+    base = frame[frame["baseline"]].iloc[0]
+    assert f"{base['trial_id']} (baseline)" in best.output  # shown wherever it ranks
+    assert f"against baseline {base['trial_id']}" in best.output or "did not beat its baseline" in best.output
     winner = frame.sort_values("best_val_l1").iloc[0]
     assert f"#1 {winner['trial_id']}" in best.output
 

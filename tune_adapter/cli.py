@@ -127,13 +127,17 @@ def synth(
     min_frames: int = 21,
     max_frames: int = 81,
     seed: int = 0,
+    teacher_window: Annotated[int, typer.Option(help="The teacher adapter's W (odd)")] = 5,
+    teacher_scale: Annotated[int, typer.Option(help="The teacher adapter's S")] = 4,
+    label_noise: Annotated[float, typer.Option(help="Gaussian noise on the training targets, relative to their std")] = 0.0,
 ):
     """Write a seeded synthetic teacher/student dataset."""
     from .display import console
     from .synth import SynthSpec, write_synth
 
     spec = SynthSpec(dims=dims, layout=layout, train_clips=train_clips, val_clips=val_clips,
-                     min_frames=min_frames, max_frames=max_frames, seed=seed)
+                     min_frames=min_frames, max_frames=max_frames, seed=seed,
+                     teacher_window=teacher_window, teacher_scale=teacher_scale, label_noise=label_noise)
     if (out / "train.json").exists():
         raise UserError(f"{out} already holds a dataset (train.json): choose another --out or delete it")
     with console.status(f"writing {train_clips + val_clips} clips"):

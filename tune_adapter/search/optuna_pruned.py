@@ -70,13 +70,18 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
 
 class BaselineKeepingASHA(ASHAScheduler):
-    """ASHA whose rungs record the baseline like any trial, but which never stops it:
-    the baseline is what the search is measured against, so it trains all epochs."""
+    """ASHA that never stops the baseline and leaves it out of its rungs: the baseline is
+    what the search is measured against, so it trains all epochs; and guide defaults that
+    are far from the optimum would lower every rung's cutoff and keep more weak trials."""
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        if (action == TrialScheduler.STOP and trial.config.get(BASELINE_KEY)
-                and result.get(self._time_attr, 0) < self._max_t):
-            self._num_stopped -= 1
-            return TrialScheduler.CONTINUE
-        return action
+        if not trial.config.get(BASELINE_KEY):
+            return super().on_trial_result(tune_controller, trial, result)
+        done = result.get(self._time_attr, 0) >= self._max_t
+        return TrialScheduler.STOP if done and self._stop_last_trials else TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result: dict):
+        if trial.config.get(BASELINE_KEY):
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
