@@ -70,18 +70,16 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
 
 class BaselineKeepingASHA(ASHAScheduler):
-    """ASHA that never stops the baseline and leaves it out of its rungs: the baseline is
-    what the search is measured against, so it trains all epochs; and guide defaults that
-    are far from the optimum would lower every rung's cutoff and keep more weak trials."""
+    """ASHA whose rungs record the baseline like any trial, but which never stops it: the
+    baseline is what the search is measured against, so it trains all epochs. Its values
+    in the rungs give the first trials to reach them a reference: without them, ASHA
+    promotes whichever trial reaches an empty rung first, and searches spent more epochs
+    (docs/performance.md)."""
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if not trial.config.get(BASELINE_KEY):
-            return super().on_trial_result(tune_controller, trial, result)
-        done = result.get(self._time_attr, 0) >= self._max_t
-        return TrialScheduler.STOP if done and self._stop_last_trials else TrialScheduler.CONTINUE
-
-    def on_trial_complete(self, tune_controller, trial, result: dict):
-        if trial.config.get(BASELINE_KEY):
-            self._trial_info.pop(trial.trial_id, None)
-            return
-        super().on_trial_complete(tune_controller, trial, result)
+        action = super().on_trial_result(tune_controller, trial, result)
+        if (action == TrialScheduler.STOP and trial.config.get(BASELINE_KEY)
+                and result.get(self._time_attr, 0) < self._max_t):
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
