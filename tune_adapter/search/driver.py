@@ -167,8 +167,8 @@ def build_tuner(options: SearchOptions, space: SearchSpace, setup: TrialSetup, i
 
 
 def startup_trials(num_samples: int) -> int:
-    """Random trials before TPE models the results: Optuna's default of 10 left 6 of a
-    16-trial search to TPE; a quarter of the trials measured better (docs/performance.md)."""
+    """Random trials before TPE models the results: Optuna's default of 10 left TPE only 6
+    of a 16-trial search; a quarter leaves it 12 (not measured apart: docs/performance.md)."""
     return max(2, num_samples // 4)
 
 
