@@ -110,12 +110,33 @@ def use_local_auth_token() -> None:
 
 
 def trial_resources(options: SearchOptions) -> dict:
+    """What each trial asks Ray for; refused when no node of the cluster could ever give it."""
     import ray
 
     gpus = options.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    return {"cpu": options.cpus_per_trial, "gpu": gpus}
+    resources = {"cpu": options.cpus_per_trial, "gpu": gpus}
+    check_fits(resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+    return resources
+
+
+def check_fits(resources: dict, nodes: list[dict]) -> None:
+    """Refuse a trial no node can hold: Ray would keep it pending forever, in silence.
+
+    A trial runs on one node, so the largest node counts, not the cluster's sum. A cluster
+    that an autoscaler would grow is not foreseen: its missing nodes count as absent.
+    """
+    for key, flag, unit in (("gpu", "--gpus-per-trial", "GPU"), ("cpu", "--cpus-per-trial", "CPU")):
+        wanted, held = resources[key], [node.get(unit, 0.0) for node in nodes]
+        largest = max(held, default=0.0)
+        if wanted <= 0 or largest >= wanted - 1e-9:
+            continue
+        if largest == 0 and key == "gpu":
+            raise ConfigError(f"{flag} {wanted:g}: the Ray cluster has no GPUs ({len(nodes)} node(s)); "
+                              f"use {flag} 0 to train on CPUs, or --address of a cluster with GPUs")
+        raise ConfigError(f"{flag} {wanted:g}: no node of the Ray cluster has that many {unit}s "
+                          f"(at most {largest:g} on one of {len(nodes)} node(s)); use {flag} {largest:g} or less")
 
 
 def max_concurrent(options: SearchOptions, resources: dict) -> int:
