@@ -202,3 +202,21 @@ def test_a_last_checkpoint_without_moments_still_resumes_with_a_warning(small_da
     with pytest.warns(UserWarning, match="moments start afresh"):
         more = train(TrainConfig(**{**SMALL, "epochs": 3}), small_data, resume_from=result.last_checkpoint)
     assert [h["epoch"] for h in more.history] == [1, 2, 3]
+
+
+def test_a_gpu_run_is_not_kept_for_the_next_one():
+    """Kept between a reused actor's trials, a GPU model and its moments would hold GPU
+    memory that torch.cuda.empty_cache cannot release."""
+    from types import SimpleNamespace
+
+    from tune_adapter.trainer import KeptModel
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    kept = KeptModel()
+    kept.keep(SimpleNamespace(runtime=SimpleNamespace(device=torch.device("cuda", 0)), model=model,
+                              optimizer=optimizer))
+    assert kept.model is None and kept.moments is None
+    kept.keep(SimpleNamespace(runtime=SimpleNamespace(device=torch.device("cpu")), model=model,
+                              optimizer=optimizer))
+    assert kept.model is model

@@ -129,6 +129,8 @@ class KeptModel:
         return model, moments
 
     def keep(self, run: "Run") -> None:
+        if run.runtime.device.type != "cpu":
+            return  # held between trials, a GPU model would keep its memory from the next
         self.model = run.model
         self.moments = [run.optimizer.state[p] for p in run.model.parameters()]
 
