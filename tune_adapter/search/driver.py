@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..results import ExperimentInfo, TrialStore
 from ..space import SEARCHABLE, SearchSpace, check_space, load_space, probe_space
 from .options import SearchOptions
 from .storage import linking_filesystem
-from .trial import SCRATCH_FOLDER, TrialSetup, remove_stale_scratch, run_trial
+from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
 
 # Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
 # numbers it warns about are ours to read in Parquet, not the user's console.
@@ -253,7 +254,9 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         store = StoreCallback(options.experiment_dir, info)
         callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
         grid = build_tuner(options, prepared.space, prepared.setup, info, trainable, callbacks).fit()
-    remove_stale_scratch(options.experiment_dir / SCRATCH_FOLDER)  # the spares of ended actors
+    # fit() has returned: no trial of this search runs on any node, so every scratch folder
+    # left (the spares of ended actors, wherever they ran) is of no further use.
+    shutil.rmtree(options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
     return finish(options, info, {Path(r.path).name.removeprefix("trial_") for r in grid})
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,19 +90,31 @@ def report_to_tune(metrics: dict, checkpoint: Path | None) -> None:
 
 SCRATCH_FOLDER = ".scratch"
 SCRATCH_PREFIX = "tune-adapter-trial-"
+# Names this machine in scratch folders instead of its hostname: for tests, and for nodes
+# that share a hostname but not their processes (containers on the host's network).
+NODE_ENV = "TUNE_ADAPTER_NODE_NAME"
+
+
+def node_name() -> str:
+    name = os.environ.get(NODE_ENV) or socket.gethostname()
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def scratch_prefix() -> str:
-    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+    """`tune-adapter-trial-PID@NODE@`: a PID means something only on the node that has it."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}@{node_name()}@"
 
 
 def remove_stale_scratch(root: Path) -> None:
     """Scratch folders of trial processes that died (a killed search, or a finished one)
     hold checkpoints and up to two spares (about 0.9 GB each at InfiniteTalk's dims):
-    remove those of dead processes."""
-    for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    remove those of dead processes of this node. The experiment folder may be on storage
+    every node sees, and only the node that made a folder can tell whether its process
+    lives."""
+    node = node_name()
+    for folder in root.glob(f"{SCRATCH_PREFIX}*@*@*"):
+        pid, made_on, _ = folder.name.removeprefix(SCRATCH_PREFIX).split("@", 2)
+        if made_on == node and pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
 
 
