@@ -113,7 +113,10 @@ def train(
                               output_dir=output_dir, resume_from=resume_from)
     if result.best is not None:
         console.print(f"best val_l1 {result.best['val_l1']:.4f} at epoch {result.best['epoch']}")
-        console.print(f"best saved checkpoint: {result.best_checkpoint}", soft_wrap=True)
+    if result.best_checkpoint is not None:
+        saved = result.best_checkpoint_metrics
+        console.print(f"best saved checkpoint (epoch {saved['epoch']}, val_l1 {saved['val_l1']:.4f}): "
+                      f"{result.best_checkpoint}", soft_wrap=True)
 
 
 @app.command()
