@@ -289,7 +289,7 @@ def best(
 ):
     """The best trials of an experiment; with --export, the winner as InfiniteTalk weights."""
     from .display import console
-    from .results import best_trial, open_experiment, read_trials
+    from .results import best_trial, open_experiment, read_epochs, read_trials
     from .search.live import top_trials_table
 
     folder, info = open_experiment(experiment)
@@ -300,11 +300,16 @@ def best(
         if merge_into is not None:
             raise UserError("--merge-into needs --export DIR (the merged copy is written there)")
         return
-    winner = best_trial(trials, folder)
+    winner = best_trial(trials, read_epochs(folder), folder)
+    epoch, best_epoch = winner["export_epoch"], winner["best_epoch"]
+    best_epoch = None if best_epoch != best_epoch else int(best_epoch)  # NaN: no epoch yet
     record = {"experiment": str(folder), "trial_id": winner["trial_id"], "status": winner["status"],
-              "best_epoch": winner["best_epoch"], "parameters": {p: winner[p] for p in info.params},
-              "metrics": {k: winner[f"best_{k}"] for k in ("val_l1", "val_mse", "val_cos")}}
-    write_export(Path(winner["best_checkpoint"]), export, record, merge_into, merged_file, allow_config_change)
+              "epoch": epoch, "best_epoch": best_epoch, "parameters": {p: winner[p] for p in info.params},
+              "metrics": {k: winner[f"export_{k}"] for k in ("val_l1", "val_mse", "val_cos")}}
+    note = "" if epoch == best_epoch else f" (its best epoch, {best_epoch}, has no checkpoint)"
+    console.print(f"exporting trial {winner['trial_id']} at epoch {epoch}, val_l1 "
+                  f"{winner['export_val_l1']:.4f}{note}", soft_wrap=True)
+    write_export(Path(winner["export_checkpoint"]), export, record, merge_into, merged_file, allow_config_change)
 
 
 @app.command()
