@@ -71,3 +71,18 @@ def fake_gpu_trial(config, setup):
     }
     with mock.patch.multiple(torch.cuda, **fakes), mock.patch.object(trial_module, "train", fake_train):
         run_trial(config, setup)
+
+
+def interrupting_trial(config, setup):
+    """run_trial, but the first trial to start first sends the driver ($TUNE_ADAPTER_TEST_DRIVER_PID)
+    one SIGINT, as Ctrl-C would: Tune then stops the search, to be resumed."""
+    import signal
+
+    try:
+        with open(Path(f"{setup.experiment_dir}-interrupted"), "x"):
+            pass
+    except FileExistsError:
+        pass
+    else:
+        os.kill(int(os.environ["TUNE_ADAPTER_TEST_DRIVER_PID"]), signal.SIGINT)
+    run_trial(config, setup)
