@@ -172,7 +172,7 @@ def search(
     grace_period: Annotated[Optional[int], typer.Option(help="Epochs before ASHA may stop a trial [GRACE_PERIOD, else 1]")] = None,
     reduction_factor: Annotated[Optional[int], typer.Option(help="ASHA keeps 1/R at each rung [REDUCTION_FACTOR, else 3]")] = None,
     cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs (and torch threads) per trial [1]")] = None,
-    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU fraction per trial [0.25 with GPUs, else 0]")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU fraction per trial, or whole GPUs above 1 [0.25 with GPUs, else 0]")] = None,
     max_concurrent: Annotated[Optional[int], typer.Option(help="Trials at once [as many as resources allow]")] = None,
     storage: Annotated[Path, typer.Option(help="Folder of experiments")] = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="Experiment name [the space file's name]")] = None,

@@ -61,9 +61,9 @@ def cap_gpu_memory(device: torch.device, gpus: float) -> None:
 
 
 def release_memory(device: torch.device) -> None:
-    """Free what the ended trial made (some of it held in reference cycles) and, on a GPU,
-    hand the allocator's cached blocks back: the reused actor's next trial, or another
-    process on the same GPU, would otherwise find them taken."""
+    """Free what the ended trial made (some of it held in reference cycles; a CPU model and
+    its moments stay with KEPT_MODEL for the next trial) and, on a GPU, hand the allocator's
+    cached blocks back: another process on the same GPU would otherwise find them taken."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -178,7 +178,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     finally:
         release_memory(device)
     if out_of_memory:
-        # Retrying cannot help: the same batch size at the same share runs out again.
+        # Not retried to success: the same batch size at the same share runs out again (a
+        # retry Tune makes under --max-failures ends the same way), so say what to change.
         raise GpuOutOfMemory(f"out of GPU memory at batch size {train_config.batch_size} "
                              f"(a {gpus:g} GPU share): give the space smaller batch sizes "
                              "or each trial a larger --gpus-per-trial")
