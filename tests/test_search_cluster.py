@@ -51,6 +51,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the Ray head did not listen on port {port} (exit code {process.poll()})")
+
+
 def test_address_joins_a_running_head(tmp_path, synth_small):
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
     port = free_port()
@@ -58,10 +68,14 @@ def test_address_joins_a_running_head(tmp_path, synth_small):
     # machine's address for 127.0.0.1.
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp"),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env)
+    # --block in a session of its own: the head's processes are then one process group, and
+    # the test kills that group alone (`ray stop` would kill every Ray on the machine).
+    head = subprocess.Popen([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
     try:
+        wait_for_port(port, head)
         result = subprocess.run(
             [sys.executable, "-m", "tune_adapter", "search", "--space", str(TINY),
              "--manifest", str(synth_small["train"]), "--val-manifest", str(synth_small["val"]),
@@ -70,7 +84,8 @@ def test_address_joins_a_running_head(tmp_path, synth_small):
             capture_output=True, text=True, env=env, timeout=300,
         )
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env)
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
     assert result.returncode == 0, result.stdout + result.stderr
     trials = read_trials(tmp_path / "results" / "tiny")
     assert len(trials) == 2 and set(trials["status"]) == {"completed"}
