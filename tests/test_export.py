@@ -188,3 +188,46 @@ def test_header_is_padded_to_eight_bytes(tmp_path):
     with open(tmp_path / "m.safetensors", "rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
     assert size % 8 == 0
+
+
+def write_search(folder, trials: dict[str, tuple[list[float], set[int]]]):
+    """A search's records as TrialStore writes them: per trial, val_l1 by epoch (from 1) and
+    the epochs whose checkpoint Tune still keeps (each a real checkpoint, its own adapter)."""
+    from tune_adapter.results import ExperimentInfo, TrialStore
+
+    store = TrialStore(folder, ExperimentInfo(name="x", params=["lr"], max_epochs=4, num_samples=len(trials)))
+    for seed, (trial_id, (val_l1, kept)) in enumerate(trials.items()):
+        for epoch, value in enumerate(val_l1, start=1):
+            metrics = {"epoch": epoch, "val_l1": value, "val_mse": value, "val_cos": 0.5,
+                       "train_loss": value, "epoch_seconds": 1.0, "step": epoch}
+            store.record_epoch(trial_id, {"lr": 1e-3}, metrics, wall_seconds=epoch)
+            if epoch in kept:
+                checkpoint = folder / f"trial_{trial_id}" / f"checkpoint_{epoch:06d}"
+                make_checkpoint(checkpoint, seed=seed)
+                store.record_checkpoint(trial_id, epoch, str(checkpoint))
+        store.record_end(trial_id, {"lr": 1e-3}, "completed" if len(val_l1) == 4 else "pruned")
+
+
+def test_best_export_takes_each_trials_best_checkpointed_epoch(tmp_path):
+    """--checkpoint-every 2: trial a's best epoch (3) has no checkpoint, but its epoch 4 still
+    beats trial b's best; the export is a's epoch 4, and says so."""
+    folder = tmp_path / "x"
+    write_search(folder, {"a": ([0.5, 0.3, 0.1, 0.12], {4}), "b": ([0.3, 0.15], {2})})
+    result = runner.invoke(app, ["best", "--experiment", str(folder), "--export", str(tmp_path / "out")],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "exporting trial a at epoch 4, val_l1 0.1200 (its best epoch, 3, has no checkpoint)" in result.output
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert (config["trial_id"], config["epoch"], config["best_epoch"]) == ("a", 4, 3)
+    assert config["metrics"]["val_l1"] == pytest.approx(0.12)
+    exported = load_exported(tmp_path / "out").state_dict()
+    saved = load_file(folder / "trial_a" / "checkpoint_000004" / "adapter.safetensors")
+    assert all(torch.equal(exported[k], v) for k, v in saved.items())
+
+
+def test_best_export_with_no_checkpoint_at_any_trials_best_epoch(tmp_path):
+    folder = tmp_path / "x"
+    write_search(folder, {"a": ([0.5, 0.3, 0.1, 0.12], {4})})
+    result = runner.invoke(app, ["best", "--experiment", str(folder), "--export", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["epoch"] == 4

@@ -1,5 +1,6 @@
 """End-to-end searches on tiny dims: Ray Tune + Optuna + ASHA + the Parquet store."""
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -74,7 +75,8 @@ def test_the_study_holds_every_epoch_and_the_baseline_runs_first_and_whole(tmp_p
     baseline = trials[trials["baseline"]]
     assert len(baseline) == 1
     row = baseline.iloc[0]
-    assert row["number"] == 0 and row["status"] == "completed" and row["epochs"] == 4
+    assert searcher.study_trial(row["trial_id"]).number == 0  # the first trial the sampler gave
+    assert row["status"] == "completed" and row["epochs"] == 4
     assert {k: row[k] for k in load_space(TINY).baseline} == load_space(TINY).baseline
 
 
@@ -180,16 +182,29 @@ def test_search_results_and_best_commands(tmp_path, synth_small):
                 assert torch.equal(new.get_tensor(key), old.get_tensor(key))
 
 
-def test_scratch_of_dead_trial_processes_is_removed(tmp_path):
-    from tune_adapter.search.trial import SCRATCH_PREFIX, remove_stale_scratch, scratch_prefix
+def test_each_node_removes_only_its_own_dead_trials_scratch(tmp_path, monkeypatch):
+    """The experiment folder may be on storage two nodes share: node a cannot see node b's
+    processes, so it must leave node b's folders alone, even those whose PID it lacks."""
+    from tune_adapter.search import trial
 
-    mine = tmp_path / f"{scratch_prefix()}abc"
-    dead = tmp_path / f"{SCRATCH_PREFIX}999999999-abc"
-    other = tmp_path / "unrelated"
-    for folder in (mine, dead, other):
+    def scratch(node: str, pid: int) -> Path:
+        with monkeypatch.context() as m:
+            m.setenv("TUNE_ADAPTER_NODE_NAME", node)
+            m.setattr(trial.os, "getpid", lambda: pid)
+            folder = tmp_path / f"{trial.scratch_prefix()}abc"
         folder.mkdir()
-    remove_stale_scratch(tmp_path)
-    assert mine.exists() and other.exists() and not dead.exists()
+        return folder
+
+    dead = 999_999_999  # above any pid_max: no process has it
+    dead_on_a, live_on_a, dead_on_b = scratch("node-a", dead), scratch("node-a", os.getpid()), scratch("node-b", dead)
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    monkeypatch.setenv("TUNE_ADAPTER_NODE_NAME", "node-a")
+    trial.remove_stale_scratch(tmp_path)
+    assert not dead_on_a.exists() and live_on_a.exists() and dead_on_b.exists() and other.exists()
+    monkeypatch.setenv("TUNE_ADAPTER_NODE_NAME", "node-b")
+    trial.remove_stale_scratch(tmp_path)
+    assert not dead_on_b.exists() and live_on_a.exists()
 
 
 def test_a_result_with_a_checkpoint_is_written_once_with_it(tmp_path, monkeypatch):

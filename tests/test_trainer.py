@@ -202,3 +202,59 @@ def test_a_last_checkpoint_without_moments_still_resumes_with_a_warning(small_da
     with pytest.warns(UserWarning, match="moments start afresh"):
         more = train(TrainConfig(**{**SMALL, "epochs": 3}), small_data, resume_from=result.last_checkpoint)
     assert [h["epoch"] for h in more.history] == [1, 2, 3]
+
+
+def test_a_gpu_run_is_not_kept_for_the_next_one():
+    """Kept between a reused actor's trials, a GPU model and its moments would hold GPU
+    memory that torch.cuda.empty_cache cannot release."""
+    from types import SimpleNamespace
+
+    from tune_adapter.trainer import KeptModel
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    kept = KeptModel()
+    kept.keep(SimpleNamespace(runtime=SimpleNamespace(device=torch.device("cuda", 0)), model=model,
+                              optimizer=optimizer))
+    assert kept.model is None and kept.moments is None
+    kept.keep(SimpleNamespace(runtime=SimpleNamespace(device=torch.device("cpu")), model=model,
+                              optimizer=optimizer))
+    assert kept.model is model
+
+
+def kept_checkpoints(output_dir):
+    return sorted(p.name for p in (output_dir / "checkpoints").glob("epoch_*"))
+
+
+def test_a_resumed_run_keeps_and_retires_checkpoints_as_an_uninterrupted_one(small_data, tmp_path):
+    straight = train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, output_dir=tmp_path / "s")
+    train(TrainConfig(**{**SMALL, "epochs": 2}), small_data, output_dir=tmp_path / "r")
+    resumed = train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, output_dir=tmp_path / "r",
+                    resume_from=tmp_path / "r" / "checkpoints" / "epoch_0002")
+    assert kept_checkpoints(tmp_path / "r") == kept_checkpoints(tmp_path / "s")
+    assert resumed.best_checkpoint.name == straight.best_checkpoint.name
+
+
+def test_a_best_epoch_before_the_resume_stays_the_best_saved_checkpoint(small_data, tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(**{**SMALL, "epochs": 2}), small_data, output_dir=out)
+    assert kept_checkpoints(out) == ["epoch_0002"]  # the best and the last
+    # Make epoch 2 unbeatable: the epochs after the resume must not displace it.
+    state_file = out / "checkpoints" / "epoch_0002" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["history"][-1]["val_l1"] = 0.0
+    state_file.write_text(json.dumps(state))
+    result = train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, output_dir=out,
+                   resume_from=out / "checkpoints" / "epoch_0002")
+    assert result.best["epoch"] == 2
+    assert result.best_checkpoint == out / "checkpoints" / "epoch_0002"
+    assert result.best_checkpoint_metrics["val_l1"] == 0.0
+    assert kept_checkpoints(out) == ["epoch_0002", "epoch_0004"]  # epoch 3 was retired
+
+
+def test_a_checkpoint_resumed_from_elsewhere_is_never_retired(small_data, tmp_path):
+    train(TrainConfig(**{**SMALL, "epochs": 2}), small_data, output_dir=tmp_path / "a")
+    source = tmp_path / "a" / "checkpoints" / "epoch_0002"
+    result = train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, output_dir=tmp_path / "b",
+                   resume_from=source)
+    assert (source / "state.json").is_file() and result.best_checkpoint.parent.parent == tmp_path / "b"

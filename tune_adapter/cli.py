@@ -113,7 +113,10 @@ def train(
                               output_dir=output_dir, resume_from=resume_from)
     if result.best is not None:
         console.print(f"best val_l1 {result.best['val_l1']:.4f} at epoch {result.best['epoch']}")
-        console.print(f"best saved checkpoint: {result.best_checkpoint}", soft_wrap=True)
+    if result.best_checkpoint is not None:
+        saved = result.best_checkpoint_metrics
+        console.print(f"best saved checkpoint (epoch {saved['epoch']}, val_l1 {saved['val_l1']:.4f}): "
+                      f"{result.best_checkpoint}", soft_wrap=True)
 
 
 @app.command()
@@ -173,7 +176,7 @@ def search(
     grace_period: Annotated[Optional[int], typer.Option(help="Epochs before ASHA may stop a trial [GRACE_PERIOD, else 1]")] = None,
     reduction_factor: Annotated[Optional[int], typer.Option(help="ASHA keeps 1/R at each rung [REDUCTION_FACTOR, else 3]")] = None,
     cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs (and torch threads) per trial [1]")] = None,
-    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU fraction per trial [0.25 with GPUs, else 0]")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU fraction per trial, or whole GPUs above 1 [0.25 with GPUs, else 0]")] = None,
     max_concurrent: Annotated[Optional[int], typer.Option(help="Trials at once [as many as resources allow]")] = None,
     storage: Annotated[Path, typer.Option(help="Folder of experiments")] = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="Experiment name [the space file's name]")] = None,
@@ -292,7 +295,7 @@ def best(
 ):
     """The best trials of an experiment; with --export, the winner as InfiniteTalk weights."""
     from .display import console
-    from .results import best_trial, open_experiment, read_trials
+    from .results import best_trial, open_experiment, read_epochs, read_trials
     from .search.live import top_trials_table
 
     folder, info = open_experiment(experiment)
@@ -303,11 +306,16 @@ def best(
         if merge_into is not None:
             raise UserError("--merge-into needs --export DIR (the merged copy is written there)")
         return
-    winner = best_trial(trials, folder)
+    winner = best_trial(trials, read_epochs(folder), folder)
+    epoch, best_epoch = winner["export_epoch"], winner["best_epoch"]
+    best_epoch = None if best_epoch != best_epoch else int(best_epoch)  # NaN: no epoch yet
     record = {"experiment": str(folder), "trial_id": winner["trial_id"], "status": winner["status"],
-              "best_epoch": winner["best_epoch"], "parameters": {p: winner[p] for p in info.params},
-              "metrics": {k: winner[f"best_{k}"] for k in ("val_l1", "val_mse", "val_cos")}}
-    write_export(Path(winner["best_checkpoint"]), export, record, merge_into, merged_file, allow_config_change)
+              "epoch": epoch, "best_epoch": best_epoch, "parameters": {p: winner[p] for p in info.params},
+              "metrics": {k: winner[f"export_{k}"] for k in ("val_l1", "val_mse", "val_cos")}}
+    note = "" if epoch == best_epoch else f" (its best epoch, {best_epoch}, has no checkpoint)"
+    console.print(f"exporting trial {winner['trial_id']} at epoch {epoch}, val_l1 "
+                  f"{winner['export_val_l1']:.4f}{note}", soft_wrap=True)
+    write_export(Path(winner["export_checkpoint"]), export, record, merge_into, merged_file, allow_config_change)
 
 
 @app.command()

@@ -266,12 +266,21 @@ def open_experiment(folder: Path | None, storage: Path = Path("results")) -> tup
         raise UserError(f"{folder / TRIALS_FILE} cannot be read: {exc}") from None
 
 
-def best_trial(trials, folder: Path) -> dict:
-    """The trial with the lowest `best_val_l1` whose best checkpoint Tune still keeps."""
-    kept = trials[trials["best_checkpoint"].notna()].sort_values("best_val_l1")
-    if kept.empty:
+def best_trial(trials, epochs, folder: Path) -> dict:
+    """The trial row whose best checkpointed epoch has the lowest `val_l1`, plus that
+    epoch's `export_epoch`, `export_checkpoint` and `export_val_l1`/`_mse`/`_cos`.
+
+    With --checkpoint-every N > 1 a trial's best epoch may have no checkpoint: its best
+    epoch that has one competes instead (Tune keeps each trial's best checkpoint by val_l1).
+    """
+    saved = epochs[epochs["checkpoint"].notna() & epochs["val_l1"].notna()]
+    saved = saved[saved["checkpoint"].map(os.path.isdir)]  # Tune may have deleted it since
+    if saved.empty:
         raise UserError(f"no trial in {folder} has a checkpoint yet: wait for the search to report")
-    return kept.iloc[0].to_dict()
+    best = saved.sort_values(["val_l1", "epoch"], kind="stable").iloc[0]
+    row = trials[trials["trial_id"] == best["trial_id"]].iloc[0].to_dict()
+    return {**row, "export_epoch": int(best["epoch"]), "export_checkpoint": best["checkpoint"],
+            **{f"export_{k}": float(best[k]) for k in ("val_l1", "val_mse", "val_cos")}}
 
 
 def baseline_verdict(trials_frame) -> str | None:

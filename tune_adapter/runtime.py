@@ -91,6 +91,15 @@ def resolve_runtime(device_name: str, mixed_precision: bool) -> Runtime:
         return Runtime(device, None, False)
     if device.type == "cpu":
         return Runtime(device, None, False, bf16_matmul=True)
-    if torch.cuda.is_bf16_supported():
+    if native_bf16(device):
         return Runtime(device, torch.bfloat16, False)
     return Runtime(device, torch.float16, True)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether this run's GPU computes bf16 natively (Ampere, compute capability 8.0, on).
+
+    Not `torch.cuda.is_bf16_supported()`: it also counts emulated bf16 (T4, V100: slower
+    than fp32) and asks about the current device rather than the run's `cuda:N`.
+    """
+    return torch.cuda.get_device_capability(device) >= (8, 0)

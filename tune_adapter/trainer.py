@@ -7,6 +7,7 @@ the CLI prints from it, the Ray driver forwards it to `tune.report`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -17,7 +18,7 @@ from typing import Callable, Protocol
 import torch
 
 from .adapter import AdapterDims, AudioProjModel
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import STATE_FILE, is_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import BatchGatherer, BatchSampler, PackedClips, TrainData
 from .data.clips import ClipShapes
@@ -129,6 +130,8 @@ class KeptModel:
         return model, moments
 
     def keep(self, run: "Run") -> None:
+        if run.runtime.device.type != "cpu":
+            return  # held between trials, a GPU model would keep its memory from the next
         self.model = run.model
         self.moments = [run.optimizer.state[p] for p in run.model.parameters()]
 
@@ -332,16 +335,17 @@ def train(
     if resume_from is not None:
         run.restore(Path(resume_from))
     try:
-        return run_epochs(run, report, progress, output_dir, spares)
+        return run_epochs(run, report, progress, output_dir, spares, resume_from)
     finally:  # also when Tune stops the trial inside `report` (SystemExit)
         if kept is not None:
             kept.keep(run)
 
 
 def run_epochs(run: Run, report: ReportFn | None, progress: Progress, output_dir: Path | None,
-               spares: SparePool | None) -> TrainResult:
+               spares: SparePool | None, resume_from: Path | None = None) -> TrainResult:
     result = TrainResult(history=run.history)
     result.best = min(run.history, key=_rank, default=None)
+    restore_checkpoints(result, run.history, output_dir, resume_from)
     while run.epoch < run.config.epochs:
         started = time.perf_counter()
         train_loss = run.train_epoch(progress)
@@ -356,6 +360,31 @@ def run_epochs(run: Run, report: ReportFn | None, progress: Progress, output_dir
         if report is not None:
             report(dict(metrics), folder)
     return result
+
+
+def restore_checkpoints(result: TrainResult, history: list[dict], output_dir: Path | None,
+                        resume_from: Path | None) -> None:
+    """The resumed run's best and last checkpoints, as if it had never stopped: the one it
+    resumed from and those it kept under `output_dir` up to that epoch (later ones belong
+    to a run that went past the checkpoint resumed from). Without them, a best epoch
+    before the resume was forgotten and the checkpoints before it never retired."""
+    if resume_from is None:
+        return
+    metrics = {m["epoch"]: m for m in history}
+    found = [Path(resume_from)]
+    if output_dir is not None:
+        found += sorted((Path(output_dir) / "checkpoints").glob("epoch_*"))
+    saved = {}
+    for folder in found:
+        if is_checkpoint(folder):
+            epoch = json.loads((folder / STATE_FILE).read_text())["epoch"]
+            if epoch in metrics:
+                saved.setdefault(epoch, folder)
+    if not saved:
+        return
+    best = min(saved, key=lambda e: (_rank(metrics[e]), e))
+    result.best_checkpoint, result.best_checkpoint_metrics = saved[best], metrics[best]
+    result.last_checkpoint = saved[max(saved)]
 
 
 def _rank(metrics: dict) -> float:
@@ -380,6 +409,9 @@ def _save_if_due(run: Run, output_dir: Path | None, result: TrainResult, metrics
     if best is None or _rank(metrics) < _rank(result.best_checkpoint_metrics):
         result.best_checkpoint, result.best_checkpoint_metrics = folder, metrics
     for old in {previous, best} - {None, folder, result.best_checkpoint}:
-        spares.retire(old)  # train() gives a pool whenever there is an output_dir
+        # Only this run's own folders: a checkpoint resumed from elsewhere (a Tune trial's
+        # stored one, another run's) is not ours to retire.
+        if old.parent.resolve() == folder.parent.resolve():
+            spares.retire(old)  # train() gives a pool whenever there is an output_dir
     result.last_checkpoint = folder
     return folder

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..results import ExperimentInfo, TrialStore
 from ..space import SEARCHABLE, SearchSpace, check_baseline, check_space, load_space, probe_space
 from .options import SearchOptions
 from .storage import linking_filesystem
-from .trial import SCRATCH_FOLDER, TrialSetup, remove_stale_scratch, run_trial
+from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
 
 # Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
 # numbers it warns about are ours to read in Parquet, not the user's console.
@@ -110,12 +111,33 @@ def use_local_auth_token() -> None:
 
 
 def trial_resources(options: SearchOptions) -> dict:
+    """What each trial asks Ray for; refused when no node of the cluster could ever give it."""
     import ray
 
     gpus = options.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    return {"cpu": options.cpus_per_trial, "gpu": gpus}
+    resources = {"cpu": options.cpus_per_trial, "gpu": gpus}
+    check_fits(resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+    return resources
+
+
+def check_fits(resources: dict, nodes: list[dict]) -> None:
+    """Refuse a trial no node can hold: Ray would keep it pending forever, in silence.
+
+    A trial runs on one node, so the largest node counts, not the cluster's sum. A cluster
+    that an autoscaler would grow is not foreseen: its missing nodes count as absent.
+    """
+    for key, flag, unit in (("gpu", "--gpus-per-trial", "GPU"), ("cpu", "--cpus-per-trial", "CPU")):
+        wanted, held = resources[key], [node.get(unit, 0.0) for node in nodes]
+        largest = max(held, default=0.0)
+        if wanted <= 0 or largest >= wanted - 1e-9:
+            continue
+        if largest == 0 and key == "gpu":
+            raise ConfigError(f"{flag} {wanted:g}: the Ray cluster has no GPUs ({len(nodes)} node(s)); "
+                              f"use {flag} 0 to train on CPUs, or --address of a cluster with GPUs")
+        raise ConfigError(f"{flag} {wanted:g}: no node of the Ray cluster has that many {unit}s "
+                          f"(at most {largest:g} on one of {len(nodes)} node(s)); use {flag} {largest:g} or less")
 
 
 def max_concurrent(options: SearchOptions, resources: dict) -> int:
@@ -247,7 +269,9 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         store = StoreCallback(options.experiment_dir, info)
         callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
         grid = build_tuner(options, prepared.space, prepared.setup, info, trainable, callbacks).fit()
-    remove_stale_scratch(options.experiment_dir / SCRATCH_FOLDER)  # the spares of ended actors
+    # fit() has returned: no trial of this search runs on any node, so every scratch folder
+    # left (the spares of ended actors, wherever they ran) is of no further use.
+    shutil.rmtree(options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
     return finish(options, info, {Path(r.path).name.removeprefix("trial_") for r in grid})
 
 

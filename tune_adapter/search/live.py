@@ -107,7 +107,9 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
             *(format_param(row[p]) for p in varying), _metric(row["best_val_l1"]),
             _metric(row["best_val_cos"]), "-" if epoch is None or _isnan(epoch) else str(int(epoch)),
         )
-        where = row["best_checkpoint"] or row["error"] or "no checkpoint kept"
+        # pandas reads a missing string as NaN, which is truthy: only a str is a value here.
+        where = next((v for v in (row["best_checkpoint"], row["error"]) if isinstance(v, str) and v),
+                     "no checkpoint kept")
         paths.append(f"#{rank} {row['trial_id']}: {short_path(where)}\n")
     verdict = baseline_verdict(ranked)
     return Group(table, paths, Text(verdict)) if verdict else Group(table, paths)

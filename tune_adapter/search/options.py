@@ -65,6 +65,11 @@ class SearchOptions:
             if not ok:
                 value = getattr(self, flag[2:].replace("-", "_"))
                 raise ConfigError(f"{flag} {value} is out of range (grace period must lie in 1..max epochs)")
+        gpus = self.gpus_per_trial
+        if gpus is not None and gpus > 1 and gpus != int(gpus):
+            # Ray shares a GPU only in fractions of one; above one it hands out whole GPUs.
+            raise ConfigError(f"--gpus-per-trial {gpus:g}: above 1, a trial takes whole GPUs; "
+                              f"use {int(gpus)} or {int(gpus) + 1}, or 1 or less to share one GPU")
 
     @property
     def experiment_name(self) -> str:

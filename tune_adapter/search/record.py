@@ -6,6 +6,7 @@ the store is (re)opened in `setup`, from the Parquet files when resuming.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -17,9 +18,18 @@ from .optuna_pruned import BASELINE_KEY
 
 
 def error_message(trial) -> str:
-    """The last line of the trial's traceback: the exception and its message."""
-    error = trial.get_error()
-    text = str(error) if error is not None else ""
+    """The last line of the trial's latest traceback: the exception and its message.
+
+    Read from the driver's staging copy first: Tune writes it just before it tells the
+    callbacks, and the copy in storage (`get_error`) arrives with the next sync, so a
+    trial's first failure is not there yet.
+    """
+    staged = trial.error_file
+    if staged and os.path.isfile(staged):
+        text = Path(staged).read_text()
+    else:
+        error = trial.get_error()
+        text = str(error) if error is not None else ""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "the trial failed (no error text was saved)"
 

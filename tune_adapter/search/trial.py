@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,8 +36,37 @@ class TrialSetup:
     experiment_dir: str
 
 
-def trial_config(setup: TrialSetup, config: dict) -> TrainConfig:
-    return setup.base.with_values(**{k: config[k] for k in setup.params if k in config})
+def trial_config(setup: TrialSetup, config: dict, gpus: float = 0.0) -> TrainConfig:
+    """The trial's training options, on an explicit device: a trial without a GPU share
+    trains on the CPU even where Ray lets its worker see GPUs (on "auto" every such trial
+    would take GPU 0)."""
+    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    return setup.base.with_values(**{k: config[k] for k in setup.params if k in config}, device=device)
+
+
+def trial_gpus() -> float:
+    """The GPU share Tune gave this trial (0.5: half of the one GPU its worker sees)."""
+    return float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0))
+
+
+class GpuOutOfMemory(RuntimeError):
+    """A trial that does not fit its GPU share: Tune records it as an error, with this text."""
+
+
+def cap_gpu_memory(device: torch.device, gpus: float) -> None:
+    """Hold the trial's process to its share of the GPU, so that trials sharing one GPU
+    cannot run each other out of memory: one past its share fails alone."""
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(gpus)), device)
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what the ended trial made (some of it held in reference cycles; a CPU model and
+    its moments stay with KEPT_MODEL for the next trial) and, on a GPU, hand the allocator's
+    cached blocks back: another process on the same GPU would otherwise find them taken."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 @contextmanager
@@ -59,19 +90,31 @@ def report_to_tune(metrics: dict, checkpoint: Path | None) -> None:
 
 SCRATCH_FOLDER = ".scratch"
 SCRATCH_PREFIX = "tune-adapter-trial-"
+# Names this machine in scratch folders instead of its hostname: for tests, and for nodes
+# that share a hostname but not their processes (containers on the host's network).
+NODE_ENV = "TUNE_ADAPTER_NODE_NAME"
+
+
+def node_name() -> str:
+    name = os.environ.get(NODE_ENV) or socket.gethostname()
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def scratch_prefix() -> str:
-    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+    """`tune-adapter-trial-PID@NODE@`: a PID means something only on the node that has it."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}@{node_name()}@"
 
 
 def remove_stale_scratch(root: Path) -> None:
     """Scratch folders of trial processes that died (a killed search, or a finished one)
     hold checkpoints and up to two spares (about 0.9 GB each at InfiniteTalk's dims):
-    remove those of dead processes."""
-    for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    remove those of dead processes of this node. The experiment folder may be on storage
+    every node sees, and only the node that made a folder can tell whether its process
+    lives."""
+    node = node_name()
+    for folder in root.glob(f"{SCRATCH_PREFIX}*@*@*"):
+        pid, made_on, _ = folder.name.removeprefix(SCRATCH_PREFIX).split("@", 2)
+        if made_on == node and pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -126,6 +169,28 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     if finished is not None:
         tune.report(finished)
         return
+    gpus = trial_gpus()
+    train_config = trial_config(setup, config, gpus)
+    device = torch.device(train_config.device)
+    cap_gpu_memory(device, gpus)
+    try:
+        out_of_memory = train_trial(train_config, setup)
+    finally:
+        release_memory(device)
+    if out_of_memory:
+        # Not retried to success: the same batch size at the same share runs out again (a
+        # retry Tune makes under --max-failures ends the same way), so say what to change.
+        raise GpuOutOfMemory(f"out of GPU memory at batch size {train_config.batch_size} "
+                             f"(a {gpus:g} GPU share): give the space smaller batch sizes "
+                             "or each trial a larger --gpus-per-trial")
+
+
+def train_trial(config: TrainConfig, setup: TrialSetup) -> bool:
+    """Train the trial, reporting each epoch to Tune; True when CUDA ran out of memory.
+
+    The out-of-memory error is dropped here, not re-raised: its traceback holds the frames,
+    and through them the tensors, whose memory the caller then releases.
+    """
     data = TrainData(open_pack(Path(setup.train_pack)), open_pack(Path(setup.val_pack)))
     reports = []
 
@@ -138,13 +203,10 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=root) as scratch, \
                 resume_folder(tune.get_checkpoint()) as resume_from:
-            result = train(trial_config(setup, config), data, report=report,
-                           output_dir=Path(scratch), resume_from=resume_from,
-                           spares=spare_pool(root), kept=KEPT_MODEL)
-        if not reports and result.last is not None:
-            tune.report(dict(result.last))
-    finally:
-        # The actor is reused for the next trial: free what this trial made (some of it
-        # held in reference cycles) but its model and moments, which KEPT_MODEL hands on.
-        del data
-        gc.collect()
+            result = train(config, data, report=report, output_dir=Path(scratch),
+                           resume_from=resume_from, spares=spare_pool(root), kept=KEPT_MODEL)
+    except torch.cuda.OutOfMemoryError:
+        return True
+    if not reports and result.last is not None:
+        tune.report(dict(result.last))
+    return False
