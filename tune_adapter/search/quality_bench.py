@@ -109,6 +109,7 @@ def _slug(text: str) -> str:
 def run_fixed(task: QualityTask, work: Path, spaces: Path) -> tuple[Outcome, Outcome]:
     """(c) the guide's defaults and (d) the grid, all trained to max epochs in one Tune run."""
     options = task_options(task, work, spaces, f"{_slug(task.name)}-fixed")
+    shutil.rmtree(options.experiment_dir, ignore_errors=True)  # left by a killed bench
     folder = train_without_pruning(options, [task.guide] + task.grid)
     trials, epochs = read_trials(folder), read_epochs(folder)
     shutil.rmtree(folder, ignore_errors=True)
@@ -127,6 +128,7 @@ def bench_task(task: QualityTask, work: Path, spaces: Path, seeds: int, override
         for sampler in samplers:
             options = task_options(task, work, spaces, f"{_slug(task.name)}-{sampler}-{seed}", seed=seed,
                                    sampler=sampler, **overrides)
+            shutil.rmtree(options.experiment_dir, ignore_errors=True)  # left by a killed bench
             result.searches[sampler].append(outcome(run_search(options).experiment_dir))
             shutil.rmtree(options.experiment_dir, ignore_errors=True)
     return result
