@@ -184,7 +184,7 @@ def search(
 ):
     """Search hyperparameters with Ray Tune (Optuna samples, ASHA stops weak trials)."""
     from .display import console
-    from .results import open_experiment, read_trials
+    from .results import TRIALS_FILE, open_experiment, read_trials
     from .search import resolve_options, run_search
     from .search.live import top_trials_table
     from .space import load_space
@@ -199,8 +199,10 @@ def search(
         mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, cache_dir=cache_dir,
     )
     outcome = run_search(options, console=console)
-    folder, info = open_experiment(outcome.experiment_dir)
-    console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
+    folder = outcome.experiment_dir
+    if (folder / TRIALS_FILE).is_file():  # none when stopped before the first result
+        folder, info = open_experiment(folder)
+        console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
     if not outcome.complete:
         console.print(f"[yellow]stopped with {outcome.finished} of {outcome.num_samples} trials finished: "
                       f"continue with the same command plus --resume")

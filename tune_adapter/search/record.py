@@ -6,6 +6,8 @@ the store is (re)opened in `setup`, from the Parquet files when resuming.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -13,6 +15,18 @@ from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import ExperimentInfo, TrialStore
+
+# Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint, so the
+# fault stress test (search/fault_bench.py) can crash a search at chosen moments.
+KILL_AFTER_ENV = "TUNE_ADAPTER_KILL_AFTER"
+
+
+def kill_driver() -> None:
+    """SIGKILL the driver's process group when it leads one (the fault bench starts it so:
+    its local Ray dies with it, as in a machine crash), else the driver alone."""
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def error_message(trial) -> str:
@@ -27,14 +41,18 @@ class StoreCallback(Callback):
     def __init__(self, folder: Path, info: ExperimentInfo):
         self.folder, self.info = Path(folder), info
         self.store: TrialStore | None = None
+        self.events = 0  # results and checkpoints recorded by this driver
+        self.kill_after = 0
         self.started: dict[str, float] = {}
-        self.elapsed: dict[str, float] = {}  # wall seconds of earlier runs (before a resume)
+        self.elapsed: dict[str, float] = {}  # wall seconds of earlier attempts and runs
 
     def __getstate__(self):
-        return {"folder": self.folder, "info": self.info, "store": None, "started": {}, "elapsed": {}}
+        return {"folder": self.folder, "info": self.info, "store": None, "started": {}, "elapsed": {},
+                "events": 0}
 
     def setup(self, **info):
         self.store = TrialStore(self.folder, self.info)
+        self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
         self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
 
     def params_of(self, trial) -> dict:
@@ -47,11 +65,21 @@ class StoreCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.monotonic()
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A failed attempt that Tune retries: its time counts, and the retry starts anew.
+        self.end_attempt(trial.trial_id)
+
+    def end_attempt(self, trial_id: str) -> None:
+        start = self.started.pop(trial_id, None)
+        if start is not None:
+            self.elapsed[trial_id] = self.elapsed.get(trial_id, 0.0) + time.monotonic() - start
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # A result that carries a checkpoint is written once, with it (`on_checkpoint`): the
         # trial waits for the driver after each report, and each write cost it ~30 ms in a profile.
         self.store.record_epoch(trial.trial_id, self.params_of(trial), result, self.wall_seconds(trial),
                                 write=not result.get(SHOULD_CHECKPOINT, False))
+        self.count_event()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Tune calls this right after on_trial_result for the same report.
@@ -60,11 +88,19 @@ class StoreCallback(Callback):
             self.store.record_checkpoint(trial.trial_id, int(epoch), checkpoint.path)
         else:
             self.store.write()
+        self.count_event()
+
+    def count_event(self) -> None:
+        self.events += 1
+        if self.events == self.kill_after:
+            kill_driver()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = (trial.last_result or {}).get("epoch", 0)
         status = "completed" if epochs >= self.info.max_epochs else "pruned"
-        self.store.record_end(trial.trial_id, self.params_of(trial), status)
+        self.store.record_end(trial.trial_id, self.params_of(trial), status,
+                              wall_seconds=self.wall_seconds(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial))
+        self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial),
+                              wall_seconds=self.wall_seconds(trial))

@@ -1,0 +1,152 @@
+"""Faults: stopped searches, readers racing the driver, durable renames, retried trials."""
+
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tune_adapter import atomic
+from tune_adapter.results import ExperimentInfo, TrialStore, read_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "search_spaces" / "tiny.py"
+INFO = ExperimentInfo(name="x", params=["lr"], max_epochs=3)
+METRICS = {"val_l1": 0.5, "val_mse": 0.3, "val_cos": 0.9, "train_loss": 0.4, "epoch_seconds": 1.0, "step": 3}
+
+
+def test_a_search_stopped_before_its_first_result_prints_the_resume_hint(tmp_path, monkeypatch):
+    """Ctrl-C before any result: no trials.parquet yet, and the hint is what the user needs."""
+    from typer.testing import CliRunner
+
+    import tune_adapter.search as search
+    from tune_adapter.cli import app
+    from tune_adapter.search.driver import SearchOutcome
+
+    folder = tmp_path / "results" / "tiny"
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(search, "run_search", lambda options, console=None: SearchOutcome(folder, 0, 4))
+    result = CliRunner().invoke(app, ["search", "--space", str(TINY), "--storage", str(tmp_path / "results")])
+    assert result.exit_code == 1, result.output
+    assert "stopped with 0 of 4 trials finished" in result.output and "--resume" in result.output
+    assert "has no trials.parquet" not in result.output
+
+
+def store_with(folder: Path, trial_ids: list[str]) -> TrialStore:
+    store = TrialStore(folder, INFO)
+    for trial_id in trial_ids:
+        store.record_epoch(trial_id, {"lr": 1e-3}, {**METRICS, "epoch": 1}, 1.0)
+    return store
+
+
+def test_a_reader_gets_both_files_of_one_write_when_the_driver_rewrites_between_its_reads(tmp_path, monkeypatch):
+    """The driver rewrites both files (a new trial) after the reader read trials.parquet and
+    before it reads epochs.parquet: the reader must not mix the two writes."""
+    import tune_adapter.results as results
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    store_with(old, ["a"])
+    store_with(new, ["a", "b"])
+    folder = tmp_path / "live"
+    shutil.copytree(old, folder)
+    read_table = results.read_table
+    rewritten = []
+
+    def read_then_rewrite(path):
+        table = read_table(path)
+        if path.name == results.TRIALS_FILE and not rewritten:
+            for name in (results.TRIALS_FILE, results.EPOCHS_FILE):  # the driver's next write
+                shutil.copy(new / name, folder / name)
+            rewritten.append(True)
+        return table
+
+    monkeypatch.setattr(results, "read_table", read_then_rewrite)
+    store = TrialStore(folder, INFO)
+    assert set(store.trials) == {"a", "b"} and store.trials["b"].epochs
+
+
+def test_a_pair_left_by_a_crash_between_the_two_renames_still_loads(tmp_path):
+    """trials.parquet of one write, epochs.parquet of the next (or of the one before): the
+    store loads what both name and goes on writing newer generations."""
+    folder = tmp_path / "x"
+    store_with(folder, ["a"])
+    store_with(tmp_path / "next", ["a", "b"])
+    shutil.copy(tmp_path / "next" / "epochs.parquet", folder / "epochs.parquet")
+    trials, epochs = read_pair(folder, tries=2, pause_s=0)
+    assert trials.num_rows == 1 and epochs.num_rows == 2
+    store = TrialStore(folder, INFO)
+    assert set(store.trials) == {"a"}
+    store.write()
+    assert read_pair(folder, tries=1)[0].schema.metadata[b"tune_adapter_generation"] == b"2"
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """The paths os.fsync was called on, in order, each with whether the final name existed."""
+    calls = []
+    real = os.fsync
+
+    def record(fd):
+        calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    return calls
+
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, fsyncs):
+    target = tmp_path / "out.bin"
+    atomic.atomic_write(target, lambda p: p.write_bytes(b"data"))
+    assert fsyncs == [str(tmp_path / ".out.bin.tmp"), str(tmp_path)]
+    assert target.read_bytes() == b"data"
+
+
+def test_a_checkpoint_is_fsynced_file_by_file_then_its_folder_then_the_parent(tmp_path, fsyncs):
+    from tune_adapter.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    folder = tmp_path / "epoch_0001"
+    for _ in range(2):  # a new folder, then one written over an existing folder
+        fsyncs.clear()
+        save_checkpoint(folder, model, optimizer, None, {"epoch": 1})
+        staging = tmp_path / ".epoch_0001.tmp"
+        names = sorted(p.name for p in folder.iterdir())
+        assert fsyncs == [str(staging / n) for n in names] + [str(staging), str(tmp_path)]
+    assert load_checkpoint(folder).state == {"epoch": 1}
+
+
+def test_the_trial_store_fsyncs_both_parquet_files(tmp_path, fsyncs):
+    store_with(tmp_path, ["a"])
+    assert fsyncs == [str(tmp_path / ".trials.parquet.tmp"), str(tmp_path),
+                      str(tmp_path / ".epochs.parquet.tmp"), str(tmp_path)]
+
+
+def test_wall_seconds_of_a_retried_trial_count_every_attempt(tmp_path, monkeypatch):
+    from tune_adapter.search import record
+
+    clock = [0.0]
+    monkeypatch.setattr(record.time, "monotonic", lambda: clock[0])
+    callback = record.StoreCallback(tmp_path, INFO)
+    callback.setup()
+    trial = SimpleNamespace(trial_id="t1", config={"lr": 1e-3}, last_result={"epoch": 1},
+                            get_error=lambda: "RuntimeError: boom")
+
+    def at(seconds, event, *args):
+        clock[0] = seconds
+        getattr(callback, event)(0, [], trial, *args)
+
+    at(0, "on_trial_start")
+    at(10, "on_trial_result", {**METRICS, "epoch": 1})
+    assert callback.store.trials["t1"].wall_seconds == 10
+    at(12, "on_trial_recover")  # the first attempt failed after 12 s; Tune retries it
+    at(20, "on_trial_start")
+    at(25, "on_trial_result", {**METRICS, "epoch": 1})
+    assert callback.store.trials["t1"].wall_seconds == 17
+    at(30, "on_trial_error")
+    assert callback.store.trials["t1"].wall_seconds == 22
+    assert TrialStore(tmp_path, INFO).trials["t1"].wall_seconds == 22
