@@ -150,3 +150,37 @@ def test_wall_seconds_of_a_retried_trial_count_every_attempt(tmp_path, monkeypat
     at(30, "on_trial_error")
     assert callback.store.trials["t1"].wall_seconds == 22
     assert TrialStore(tmp_path, INFO).trials["t1"].wall_seconds == 22
+
+
+# Kill points of the stress test (record.py, TUNE_ADAPTER_KILL_AFTER): "4s" crashes the
+# driver after Tune deleted a checkpoint that its snapshot on storage still names.
+QUICK_KILLS = [("4s",), ("2", "6s")]
+SLOW_KILLS = [("1",), ("3",), ("2s",), ("8",), ("9s",), ("14s",), ("3s", "3s", "3s")]
+
+
+@pytest.fixture(scope="module")
+def fault_search(tmp_path_factory, synth_small):
+    from tune_adapter.search.fault_bench import FaultSearch
+
+    return FaultSearch(space=TINY, train=synth_small["train"], val=synth_small["val"],
+                       storage=tmp_path_factory.mktemp("faults"), num_samples=4, max_epochs=3)
+
+
+def check_survived(search, kills):
+    from tune_adapter.search.fault_bench import run_kill_point
+
+    outcome = run_kill_point(search, kills)
+    assert outcome.killed == len(kills), f"the search ended before its kill point: {outcome}"
+    # Every trial once, none lost as `error`, no epoch twice, and the resumed search ran to its end.
+    assert outcome.ok(search.num_samples), outcome
+
+
+@pytest.mark.parametrize("kills", QUICK_KILLS, ids="-".join)
+def test_a_search_killed_and_resumed_keeps_every_trial_once(fault_search, kills):
+    check_survived(fault_search, kills)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kills", SLOW_KILLS, ids="-".join)
+def test_a_search_killed_at_more_moments_keeps_every_trial_once(fault_search, kills):
+    check_survived(fault_search, kills)

@@ -381,6 +381,7 @@ def bench(
     lengths: Annotated[tuple[int, int], typer.Option(help="Clip lengths of the padding measurement")] = (21, 121),
     search: Annotated[bool, typer.Option("--search", help="Instead: memory and overhead of two concurrent trials")] = False,
     asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
+    faults: Annotated[bool, typer.Option("--faults", help="Instead: kill tiny searches at many moments, resume, check the records")] = False,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
     trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time (16: a default search's size)")] = 16,
     checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
@@ -388,10 +389,14 @@ def bench(
     """Time the trainer against its floor and a straightforward trainer; report RSS and padding.
 
     --search runs InfiniteTalk-sized trials two at a time through Ray Tune; --asha runs the
-    default search with ASHA and then the same 16 configurations without pruning."""
+    default search with ASHA and then the same 16 configurations without pruning; --faults
+    SIGKILLs tiny searches at chosen moments and resumes them."""
     from .bench import BenchSpec, run_bench
     from .display import bench_table, console, sections_table
 
+    if faults:
+        bench_faults_command(work_dir)
+        return
     if search or asha:
         from .search.asha_bench import bench_asha
         from .search.search_bench import bench_search
@@ -413,6 +418,20 @@ def bench(
     with console.status("benchmarking (each trainer in its own process)"):
         report = run_bench(spec)
     console.print(bench_table(report))
+
+
+def bench_faults_command(work_dir: Path) -> None:
+    from .display import console
+    from .search.fault_bench import BENCH_KILLS, bench_faults, outcomes_table
+
+    with console.status(f"benchmarking: {len(BENCH_KILLS)} kill points, each a search killed and resumed (minutes)") as status:
+        search, outcomes = bench_faults(
+            work_dir / "faults", Path("search_spaces") / "tiny.py",
+            progress=lambda o: status.update(f"benchmarking: kill point {' then '.join(o.kills)} done"))
+    console.print(outcomes_table(search, outcomes))
+    console.print(f"experiments: {search.storage}", soft_wrap=True)
+    if not all(o.ok(search.num_samples) for o in outcomes):
+        raise typer.Exit(1)
 
 
 def main() -> None:

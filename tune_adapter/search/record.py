@@ -15,10 +15,20 @@ from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import ExperimentInfo, TrialStore
+from .recover import repair_checkpoint
 
-# Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint, so the
-# fault stress test (search/fault_bench.py) can crash a search at chosen moments.
+# Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),
+# or at Tune's first experiment snapshot after it ("Ns": Tune has then registered the
+# checkpoint and deleted the one it replaces, but its snapshot on storage still names that
+# one), so the fault stress test (search/fault_bench.py) crashes a search at chosen moments.
 KILL_AFTER_ENV = "TUNE_ADAPTER_KILL_AFTER"
+
+
+def kill_point(value: str) -> tuple[int, bool]:
+    """(N, at the next snapshot) from the variable's value; (0, False): never."""
+    value = value.strip()
+    at_snapshot = value.endswith("s")
+    return int(value.removesuffix("s") or 0), at_snapshot
 
 
 def kill_driver() -> None:
@@ -42,17 +52,18 @@ class StoreCallback(Callback):
         self.folder, self.info = Path(folder), info
         self.store: TrialStore | None = None
         self.events = 0  # results and checkpoints recorded by this driver
-        self.kill_after = 0
+        self.kill_after, self.kill_at_snapshot, self.snapshot_kill_armed = 0, False, False
         self.started: dict[str, float] = {}
         self.elapsed: dict[str, float] = {}  # wall seconds of earlier attempts and runs
+        self.seen: set[str] = set()  # trials whose checkpoint was checked before they start
 
     def __getstate__(self):
         return {"folder": self.folder, "info": self.info, "store": None, "started": {}, "elapsed": {},
-                "events": 0}
+                "seen": set(), "events": 0, "kill_after": 0, "kill_at_snapshot": False, "snapshot_kill_armed": False}
 
     def setup(self, **info):
         self.store = TrialStore(self.folder, self.info)
-        self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
+        self.kill_after, self.kill_at_snapshot = kill_point(os.environ.get(KILL_AFTER_ENV, ""))
         self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
 
     def params_of(self, trial) -> dict:
@@ -61,6 +72,15 @@ class StoreCallback(Callback):
     def wall_seconds(self, trial) -> float:
         start = self.started.setdefault(trial.trial_id, time.monotonic())
         return self.elapsed.get(trial.trial_id, 0.0) + time.monotonic() - start
+
+    def on_step_begin(self, iteration, trials, **info):
+        # Trials a resumed search restores are all there before its first step, before
+        # any has started: the checkpoint each restores from must still exist (recover.py).
+        for trial in trials:
+            if trial.trial_id not in self.seen:
+                self.seen.add(trial.trial_id)
+                if trial.status == trial.PENDING:
+                    repair_checkpoint(trial, self.store.trials.get(trial.trial_id))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.monotonic()
@@ -93,7 +113,16 @@ class StoreCallback(Callback):
     def count_event(self) -> None:
         self.events += 1
         if self.events == self.kill_after:
+            if not self.kill_at_snapshot:
+                kill_driver()
+            self.snapshot_kill_armed = True
+
+    def get_state(self):
+        # Tune asks for callback state while it writes an experiment snapshot, before the
+        # snapshot reaches storage; there is no state to give (None: nothing saved).
+        if self.snapshot_kill_armed:
             kill_driver()
+        return None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = (trial.last_result or {}).get("epoch", 0)
