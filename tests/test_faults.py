@@ -184,3 +184,20 @@ def test_a_search_killed_and_resumed_keeps_every_trial_once(fault_search, kills)
 @pytest.mark.parametrize("kills", SLOW_KILLS, ids="-".join)
 def test_a_search_killed_at_more_moments_keeps_every_trial_once(fault_search, kills):
     check_survived(fault_search, kills)
+
+
+def test_bench_faults_prints_a_row_per_kill_point_and_fails_when_one_failed(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tune_adapter.cli import app
+    from tune_adapter.search import fault_bench
+
+    search = fault_bench.FaultSearch(TINY, tmp_path, tmp_path, tmp_path / "runs")
+    good = fault_bench.KillOutcome(("4s",), killed=1, exit_code=0, trials=6, statuses={"completed": 6})
+    lost = fault_bench.KillOutcome(("2", "6s"), killed=2, exit_code=0, trials=6,
+                                   statuses={"completed": 5, "error": 1}, errors=["ValueError: gone"])
+    monkeypatch.setattr(fault_bench, "bench_faults", lambda *a, **k: (search, [good, lost]))
+    result = CliRunner().invoke(app, ["bench", "--faults", "--work-dir", str(tmp_path)], env={"COLUMNS": "160"})
+    assert result.exit_code == 1, result.output
+    assert "4s" in result.output and "2 > 6s" in result.output and "FAILED" in result.output
+    assert "kill after 2 > 6s: ValueError: gone" in result.output

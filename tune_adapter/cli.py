@@ -422,13 +422,16 @@ def bench(
 
 def bench_faults_command(work_dir: Path) -> None:
     from .display import console
-    from .search.fault_bench import BENCH_KILLS, bench_faults, outcomes_table
+    from .search.fault_bench import BENCH_KILLS, bench_faults, failure_lines, outcomes_table
 
-    with console.status(f"benchmarking: {len(BENCH_KILLS)} kill points, each a search killed and resumed (minutes)") as status:
+    what = f"{len(BENCH_KILLS)} kill points, each a search killed and resumed (minutes)"
+    with console.status(f"benchmarking: {what}") as status:
         search, outcomes = bench_faults(
             work_dir / "faults", Path("search_spaces") / "tiny.py",
-            progress=lambda o: status.update(f"benchmarking: kill point {' then '.join(o.kills)} done"))
+            progress=lambda o: status.update(f"benchmarking: kill point {' > '.join(o.kills)} done"))
     console.print(outcomes_table(search, outcomes))
+    for line in failure_lines(search, outcomes):
+        console.print(line, soft_wrap=True, style="red", markup=False)
     console.print(f"experiments: {search.storage}", soft_wrap=True)
     if not all(o.ok(search.num_samples) for o in outcomes):
         raise typer.Exit(1)

@@ -131,17 +131,29 @@ def bench_faults(work_dir: Path, space: Path, kill_points=BENCH_KILLS, num_sampl
 
 
 def outcomes_table(search: FaultSearch, outcomes: list[KillOutcome]):
-    """One row per kill point: what died, how the final run ended, what the store holds."""
+    """One row per kill point: how often it died, how the final run ended, what the store holds."""
     from rich.table import Table
 
     table = Table(title=f"tune-adapter bench --faults: {search.num_samples} trials x up to "
                         f"{search.max_epochs} epochs, killed then resumed", title_justify="left")
-    for column in ("kill after", "killed", "final exit", "trials", "statuses", "repeated epochs",
-                   "seconds", "outcome"):
-        table.add_column(column, justify="right" if column in ("killed", "trials", "seconds") else "left")
+    table.add_column("kill after", no_wrap=True)
+    for column in ("kills", "exit", "trials", "completed", "pruned", "error", "other", "epochs twice", "s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
     for o in outcomes:
-        statuses = ", ".join(f"{k} {v}" for k, v in sorted(o.statuses.items()))
-        verdict = "[green]ok" if o.ok(search.num_samples) else f"[red]FAILED[/] {'; '.join(o.errors)[:80]}"
-        table.add_row(" then ".join(o.kills), str(o.killed), str(o.exit_code), str(o.trials), statuses,
+        other = sum(n for status, n in o.statuses.items() if status not in ("completed", "pruned", "error"))
+        verdict = "[green]ok" if o.ok(search.num_samples) else "[red]FAILED"
+        table.add_row(" > ".join(o.kills), str(o.killed), str(o.exit_code), str(o.trials),
+                      *(str(o.statuses.get(k, 0)) for k in ("completed", "pruned", "error")), str(other),
                       str(o.repeated_epochs), f"{o.seconds:.0f}", verdict)
     return table
+
+
+def failure_lines(search: FaultSearch, outcomes: list[KillOutcome]) -> list[str]:
+    """What went wrong at each failed kill point: the trials' errors, or the final run's output."""
+    lines = []
+    for o in outcomes:
+        if not o.ok(search.num_samples):
+            detail = "; ".join(o.errors) or o.tail or "no error recorded"
+            lines.append(f"kill after {' > '.join(o.kills)}: {detail}")
+    return lines
