@@ -201,3 +201,65 @@ def test_bench_faults_prints_a_row_per_kill_point_and_fails_when_one_failed(tmp_
     assert result.exit_code == 1, result.output
     assert "4s" in result.output and "2 > 6s" in result.output and "FAILED" in result.output
     assert "kill after 2 > 6s: ValueError: gone" in result.output
+
+
+def tune_trial(tmp_path, checkpoints: dict[int, float]):
+    """A Ray Tune trial (not started) that registered a checkpoint folder per index, as a
+    resumed search's snapshot has it: {index: val_l1}, epoch = index + 1."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune import Checkpoint, CheckpointConfig
+    from ray.tune.experiment import Trial
+
+    from tune_adapter.search.storage import linking_filesystem
+
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp",
+                             storage_filesystem=linking_filesystem())
+    trial = Trial("fake", config={}, storage=storage, stub=True, checkpoint_config=CheckpointConfig(
+        num_to_keep=1, checkpoint_score_attribute="val_l1", checkpoint_score_order="min"))
+    trial.storage.trial_dir_name = "trial_x"
+    for index, val_l1 in checkpoints.items():
+        folder = Path(trial.storage.trial_fs_path, f"checkpoint_{index:06d}")
+        folder.mkdir(parents=True)
+        trial.on_checkpoint(_TrainingResult(Checkpoint(str(folder), filesystem=linking_filesystem()),
+                                            {"val_l1": val_l1, "epoch": index + 1}))
+    return trial
+
+
+def test_a_resumed_trial_whose_checkpoint_is_gone_restores_from_the_newest_recorded_one(tmp_path):
+    from tune_adapter.results import TrialRecord
+    from tune_adapter.search.recover import repair_checkpoint, skip_stored_checkpoints
+
+    trial = tune_trial(tmp_path, {0: 0.5})
+    trial_dir = Path(trial.storage.trial_fs_path)
+    shutil.rmtree(trial_dir / "checkpoint_000000")  # registered, then deleted before the snapshot
+    for index in (1, 2):  # persisted after the snapshot; the store names both
+        (trial_dir / f"checkpoint_{index:06d}").mkdir()
+    record = TrialRecord("x", {}, epochs={e: dict(METRICS) for e in (1, 2, 3)},
+                         checkpoints={2: str(trial_dir / "checkpoint_000001"), 3: str(trial_dir / "checkpoint_000002")})
+    assert repair_checkpoint(trial, record) == "newer"
+    assert trial.checkpoint.path == str(trial_dir / "checkpoint_000002")
+    assert trial.latest_checkpoint_result.metrics["epoch"] == 3
+    skip_stored_checkpoints(trial)
+    assert trial.storage.current_checkpoint_index == 2  # Tune's next checkpoint: checkpoint_000003
+
+
+def test_a_resumed_trial_with_no_checkpoint_left_starts_from_scratch(tmp_path):
+    from tune_adapter.search.recover import repair_checkpoint
+
+    trial = tune_trial(tmp_path, {0: 0.5})
+    shutil.rmtree(Path(trial.storage.trial_fs_path, "checkpoint_000000"))
+    assert repair_checkpoint(trial, None) == "scratch"
+    assert trial.checkpoint is None
+
+
+def test_a_resumed_trial_whose_checkpoints_are_all_there_is_left_alone(tmp_path):
+    from tune_adapter.results import TrialRecord
+    from tune_adapter.search.recover import repair_checkpoint
+
+    trial = tune_trial(tmp_path, {0: 0.5, 1: 0.4})
+    newest = str(Path(trial.storage.trial_fs_path, "checkpoint_000001"))
+    record = TrialRecord("x", {}, epochs={1: dict(METRICS), 2: dict(METRICS)}, checkpoints={2: newest})
+    manager = trial.run_metadata.checkpoint_manager
+    assert repair_checkpoint(trial, record) is None
+    assert trial.run_metadata.checkpoint_manager is manager and trial.checkpoint.path == newest

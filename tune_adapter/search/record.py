@@ -15,7 +15,7 @@ from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import ExperimentInfo, TrialStore
-from .recover import repair_checkpoint
+from .recover import repair_checkpoint, skip_stored_checkpoints
 
 # Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),
 # or at Tune's first experiment snapshot after it ("Ns": Tune has then registered the
@@ -81,6 +81,7 @@ class StoreCallback(Callback):
                 self.seen.add(trial.trial_id)
                 if trial.status == trial.PENDING:
                     repair_checkpoint(trial, self.store.trials.get(trial.trial_id))
+                    skip_stored_checkpoints(trial)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.monotonic()

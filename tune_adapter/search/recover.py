@@ -57,12 +57,19 @@ def repair_checkpoint(trial, record: TrialRecord | None) -> str | None:
             trial.on_checkpoint(result)
     if newest is not None:
         register(trial, record, *newest)
-    # The snapshot's checkpoint index may be behind folders already on storage: the next
-    # checkpoint must not be persisted into (and mixed with) one of them.
-    storage = trial.storage
-    storage.current_checkpoint_index = max(storage.current_checkpoint_index,
-                                           next_checkpoint_index(Path(storage.trial_fs_path)))
     return "newer" if newest is not None or kept else "scratch"
+
+
+def skip_stored_checkpoints(trial) -> None:
+    """A snapshot's checkpoint index can lag the trial's folders on storage (checkpoints
+    persisted after it): the next checkpoint must get a folder of its own, not be
+    persisted into one of them and mixed with its files."""
+    storage = trial.storage
+    if storage.trial_dir_name is None:  # a new trial: no folder yet
+        return
+    highest = highest_checkpoint_index(Path(storage.trial_fs_path))
+    if highest is not None:  # Tune persists the next checkpoint at the index after this one
+        storage.current_checkpoint_index = max(storage.current_checkpoint_index, highest)
 
 
 def unique(results: list) -> list:
@@ -84,10 +91,10 @@ def register(trial, record: TrialRecord, epoch: int, path: str) -> None:
     trial.on_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
 
 
-def next_checkpoint_index(trial_dir: Path) -> int:
+def highest_checkpoint_index(trial_dir: Path) -> int | None:
     names = [p.name.removeprefix(CHECKPOINT_PREFIX) for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*")]
     indices = [int(n) for n in names if n.isdigit()]
-    return max(indices, default=-1) + 1
+    return max(indices) if indices else None
 
 
 def forget_checkpoints(trial) -> None:
