@@ -12,6 +12,7 @@ once, none as `error` or still `running`, and no (trial, epoch) twice.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,9 +71,19 @@ def run_driver(search: FaultSearch, name: str, resume: bool, kill_after: str | N
     env = {k: v for k, v in os.environ.items() if k != KILL_AFTER_ENV}
     if kill_after is not None:
         env[KILL_AFTER_ENV] = kill_after
-    # Its own session: the driver's SIGKILL takes its whole process group (its Ray) along.
-    return subprocess.run(search.command(name, resume), env=env, capture_output=True, text=True,
-                          timeout=search.timeout_s, start_new_session=True)
+    # Its own session: the driver's SIGKILL takes its whole process group (its Ray) along,
+    # and so does ours when it hangs.
+    command = search.command(name, resume)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as driver:
+        try:
+            out, err = driver.communicate(timeout=search.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(driver.pid, signal.SIGKILL)
+            out, err = driver.communicate()
+            err += f"\nno end after {search.timeout_s:.0f} s: killed"
+            return subprocess.CompletedProcess(command, 124, out, err)
+    return subprocess.CompletedProcess(command, driver.returncode, out, err)
 
 
 def run_kill_point(search: FaultSearch, kills: tuple[str, ...]) -> KillOutcome:
