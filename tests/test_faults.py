@@ -263,3 +263,21 @@ def test_a_resumed_trial_whose_checkpoints_are_all_there_is_left_alone(tmp_path)
     manager = trial.run_metadata.checkpoint_manager
     assert repair_checkpoint(trial, record) is None
     assert trial.run_metadata.checkpoint_manager is manager and trial.checkpoint.path == newest
+
+
+def test_unfinished_trials_a_resumed_tune_never_knew_are_dropped_with_their_checkpoints(tmp_path):
+    """They started after Tune's last snapshot: Tune runs a new trial in their place."""
+    from tune_adapter.search.record import StoreCallback
+
+    store = store_with(tmp_path, ["a", "lost", "b"])
+    store.record_end("b", {"lr": 1e-3}, "completed")
+    lost_checkpoint = tmp_path / "trial_lost" / "checkpoint_000000"
+    lost_checkpoint.mkdir(parents=True)
+    store.record_checkpoint("lost", 1, str(lost_checkpoint))
+    callback = StoreCallback(tmp_path, INFO)
+    callback.setup()
+    callback.on_step_begin(0, [SimpleNamespace(trial_id="a", status="RUNNING", PENDING="PENDING")])
+    trials = TrialStore(tmp_path, INFO).trials
+    assert set(trials) == {"a", "b"}  # b finished: its record stands
+    assert sorted(r.number for r in trials.values()) == [0, 1]
+    assert not (tmp_path / "trial_lost").exists()

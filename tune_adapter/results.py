@@ -134,6 +134,14 @@ class TrialStore:
             self.trials[trial_id] = TrialRecord(trial_id, dict(params), number=len(self.trials))
         return self.trials[trial_id]
 
+    def drop(self, trial_ids: set[str]) -> None:
+        """Forget trials (ones a resumed Tune never knew); the others' numbers close up."""
+        for trial_id in trial_ids:
+            self.trials.pop(trial_id, None)
+        for number, record in enumerate(sorted(self.trials.values(), key=lambda r: r.number)):
+            record.number = number
+        self.write()
+
     def is_finished(self, trial_id: str) -> bool:
         record = self.trials.get(trial_id)
         return record is not None and record.status in FINAL_STATUSES

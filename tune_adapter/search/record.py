@@ -7,6 +7,7 @@ the store is (re)opened in `setup`, from the Parquet files when resuming.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -56,10 +57,11 @@ class StoreCallback(Callback):
         self.started: dict[str, float] = {}
         self.elapsed: dict[str, float] = {}  # wall seconds of earlier attempts and runs
         self.seen: set[str] = set()  # trials whose checkpoint was checked before they start
+        self.first_step = True
 
     def __getstate__(self):
-        return {"folder": self.folder, "info": self.info, "store": None, "started": {}, "elapsed": {},
-                "seen": set(), "events": 0, "kill_after": 0, "kill_at_snapshot": False, "snapshot_kill_armed": False}
+        # A fresh callback's state: the store, clocks and counters are rebuilt in `setup`.
+        return dict(type(self)(self.folder, self.info).__dict__)
 
     def setup(self, **info):
         self.store = TrialStore(self.folder, self.info)
@@ -76,12 +78,29 @@ class StoreCallback(Callback):
     def on_step_begin(self, iteration, trials, **info):
         # Trials a resumed search restores are all there before its first step, before
         # any has started: the checkpoint each restores from must still exist (recover.py).
+        if self.first_step:
+            self.first_step = False
+            self.drop_lost_trials(trials)
         for trial in trials:
             if trial.trial_id not in self.seen:
                 self.seen.add(trial.trial_id)
                 if trial.status == trial.PENDING:
                     repair_checkpoint(trial, self.store.trials.get(trial.trial_id))
                     skip_stored_checkpoints(trial)
+
+    def drop_lost_trials(self, trials) -> None:
+        """Unfinished trials of the store that a resumed Tune does not know: they started
+        after its last snapshot, so they never resume, and Tune's searcher (restored from
+        the same snapshot) runs a new trial in their place. Their records and checkpoint
+        folders go, so each trial the search runs appears once."""
+        known = {t.trial_id for t in trials}
+        lost = {t for t in self.store.trials if t not in known and not self.store.is_finished(t)}
+        for trial_id in lost:
+            for path in self.store.trials[trial_id].checkpoints.values():
+                if Path(path).parent.parent == self.folder:  # trial_ID/checkpoint_N of this experiment
+                    shutil.rmtree(Path(path).parent, ignore_errors=True)
+        if lost:
+            self.store.drop(lost)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.monotonic()
