@@ -16,7 +16,7 @@ from tune_adapter.results import read_epochs, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.trainer import evaluate_pack
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow,
+pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -192,7 +192,7 @@ def search(
 ):
     """Search hyperparameters with Ray Tune (Optuna samples, ASHA stops weak trials)."""
     from .display import console
-    from .results import open_experiment, read_trials
+    from .results import TRIALS_FILE, open_experiment, read_trials
     from .search import resolve_options, run_search
     from .search.live import top_trials_table
     from .space import load_space
@@ -208,8 +208,10 @@ def search(
         baseline=baseline,
     )
     outcome = run_search(options, console=console)
-    folder, info = open_experiment(outcome.experiment_dir)
-    console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
+    folder = outcome.experiment_dir
+    if (folder / TRIALS_FILE).is_file():  # none when stopped before the first result
+        folder, info = open_experiment(folder)
+        console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
     if not outcome.complete:
         console.print(f"[yellow]stopped with {outcome.finished} of {outcome.num_samples} trials finished: "
                       f"continue with the same command plus --resume")
@@ -395,6 +397,7 @@ def bench(
     asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
     quality: Annotated[bool, typer.Option("--quality", help="Instead: the default search against random search, the guide's defaults and a grid, on 4 synthetic tasks")] = False,
     seeds: Annotated[int, typer.Option(help="--quality: search seeds per task")] = 3,
+    faults: Annotated[bool, typer.Option("--faults", help="Instead: kill tiny searches at many moments, resume, check the records")] = False,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
     trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time (16: a default search's size)")] = 16,
     checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
@@ -402,16 +405,20 @@ def bench(
     """Time the trainer against its floor and a straightforward trainer; report RSS and padding.
 
     --search runs InfiniteTalk-sized trials two at a time through Ray Tune; --asha runs the
-    default search with ASHA and then the same 16 configurations without pruning."""
+    default search with ASHA and then the same 16 configurations without pruning; --faults
+    SIGKILLs tiny searches at chosen moments and resumes them."""
     from .bench import BenchSpec, run_bench
     from .display import bench_table, console, sections_table
 
     if quality:
         from .search.quality_bench import bench_quality, quality_sections
 
-        with console.status("benchmarking: search quality (real searches; about 30 minutes on 2 cores)"):
+        with console.status("benchmarking: search quality (real searches; about 40 minutes on 2 cores)"):
             results = bench_quality(work_dir / "quality", Path("search_spaces"), seeds=seeds)
         console.print(sections_table("tune-adapter bench: search quality", quality_sections(results)))
+        return
+    if faults:
+        bench_faults_command(work_dir)
         return
     if search or asha:
         from .search.asha_bench import bench_asha
@@ -434,6 +441,23 @@ def bench(
     with console.status("benchmarking (each trainer in its own process)"):
         report = run_bench(spec)
     console.print(bench_table(report))
+
+
+def bench_faults_command(work_dir: Path) -> None:
+    from .display import console
+    from .search.fault_bench import BENCH_KILLS, bench_faults, failure_lines, outcomes_table
+
+    what = f"{len(BENCH_KILLS)} kill points, each a search killed and resumed (minutes)"
+    with console.status(f"benchmarking: {what}") as status:
+        search, outcomes = bench_faults(
+            work_dir / "faults", Path("search_spaces") / "tiny.py",
+            progress=lambda o: status.update(f"benchmarking: kill point {' > '.join(o.kills)} done"))
+    console.print(outcomes_table(search, outcomes))
+    for line in failure_lines(search, outcomes):
+        console.print(line, soft_wrap=True, style="red", markup=False)
+    console.print(f"experiments: {search.storage}", soft_wrap=True)
+    if not all(o.ok(search.num_samples) for o in outcomes):
+        raise typer.Exit(1)
 
 
 def main() -> None:

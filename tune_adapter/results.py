@@ -8,7 +8,9 @@ every sampled parameter as its own column (named as the space names it), `epochs
 `last_val_l1`, `last_val_mse`, `last_val_cos`, `wall_seconds`, `best_checkpoint`, `error`.
 `epochs.parquet`: one row per trial per epoch: `trial_id`, `epoch`, `train_loss`,
 `val_l1`, `val_mse`, `val_cos`, `epoch_seconds`, `step`, `checkpoint`.
-Both carry the experiment's description as schema metadata (key `tune_adapter`).
+Both carry the experiment's description as schema metadata (key `tune_adapter`), and the
+count of the write that made them (key `tune_adapter_generation`): `read_pair` reads the
+two files of one write.
 
 Both files are rewritten whole (write, then rename) whenever a result arrives: a reader
 never sees half a file and a crash loses nothing that was already reported.
@@ -19,17 +21,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_write
 from .errors import UserError
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 METADATA_KEY = b"tune_adapter"
+# Both files of one write carry the same count, so a reader can tell a pair that belongs
+# together from one read across the driver's rewrite of both (trials first, then epochs).
+GENERATION_KEY = b"tune_adapter_generation"
 EPOCH_METRICS = ("train_loss", "val_l1", "val_mse", "val_cos", "epoch_seconds", "step")
 FINAL_STATUSES = ("completed", "pruned", "error")
 
@@ -104,21 +111,24 @@ class TrialStore:
         self.folder = Path(folder)
         self.info = info
         self.trials: dict[str, TrialRecord] = {}
+        self.generation = 0
         if (self.folder / TRIALS_FILE).is_file():
             self._load()
 
     def _load(self) -> None:
-        trials = read_table(self.folder / TRIALS_FILE).to_pylist()
-        epochs = read_table(self.folder / EPOCHS_FILE).to_pylist()
-        for row in trials:
+        trials_table, epochs_table = read_pair(self.folder)
+        self.generation = generation_of(trials_table) or 0
+        for row in trials_table.to_pylist():
             self.trials[row["trial_id"]] = TrialRecord(
                 trial_id=row["trial_id"], params={p: row.get(p) for p in self.info.params},
                 number=row["number"],
                 status=row["status"], wall_seconds=row["wall_seconds"] or 0.0, error=row["error"],
                 baseline=bool(row.get("baseline", False)),
             )
-        for row in epochs:
-            record = self.trials[row["trial_id"]]
+        for row in epochs_table.to_pylist():
+            record = self.trials.get(row["trial_id"])
+            if record is None:  # a pair from a crash between the two renames: trials is older
+                continue
             record.epochs[row["epoch"]] = {k: row[k] for k in EPOCH_METRICS}
             if row["checkpoint"]:
                 record.checkpoints[row["epoch"]] = row["checkpoint"]
@@ -128,6 +138,14 @@ class TrialStore:
             self.trials[trial_id] = TrialRecord(trial_id, dict(params), number=len(self.trials),
                                                 baseline=baseline)
         return self.trials[trial_id]
+
+    def drop(self, trial_ids: set[str]) -> None:
+        """Forget trials (ones a resumed Tune never knew); the others' numbers close up."""
+        for trial_id in trial_ids:
+            self.trials.pop(trial_id, None)
+        for number, record in enumerate(sorted(self.trials.values(), key=lambda r: r.number)):
+            record.number = number
+        self.write()
 
     def is_finished(self, trial_id: str) -> bool:
         record = self.trials.get(trial_id)
@@ -154,16 +172,20 @@ class TrialStore:
         self.write()
 
     def record_end(self, trial_id: str, params: dict, status: str, error: str | None = None,
-                   baseline: bool = False) -> None:
+                   wall_seconds: float | None = None, baseline: bool = False) -> None:
         record = self._record(trial_id, params, baseline)
         if record.status in FINAL_STATUSES:
             return
         record.status, record.error = status, error
+        if wall_seconds is not None:
+            record.wall_seconds = wall_seconds
         self.write()
 
     def write(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        metadata = {METADATA_KEY: json.dumps(asdict(self.info)).encode()}
+        self.generation += 1
+        metadata = {METADATA_KEY: json.dumps(asdict(self.info)).encode(),
+                    GENERATION_KEY: str(self.generation).encode()}
         trial_rows = [r.row(self.info.params) for r in self.trials.values()]
         epoch_rows = [row for r in self.trials.values() for row in r.epoch_rows()]
         trials_schema = _trials_schema(self.info.params, trial_rows)
@@ -210,9 +232,7 @@ def _table(rows: list[dict], schema: pa.Schema, metadata: dict) -> pa.Table:
 
 
 def _write_atomic(path: Path, table: pa.Table) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, staging)
-    os.replace(staging, path)
+    atomic_write(path, lambda staging: pq.write_table(table, staging))
 
 
 def read_table(path: Path) -> pa.Table:
@@ -220,6 +240,29 @@ def read_table(path: Path) -> pa.Table:
     that opens the path twice (once for the footer, once for the data) could mix two files."""
     with open(path, "rb") as f:
         return pq.read_table(f)
+
+
+def generation_of(table: pa.Table) -> int | None:
+    value = (table.schema.metadata or {}).get(GENERATION_KEY)
+    return int(value) if value is not None else None
+
+
+def read_pair(folder: Path, tries: int = 20, pause_s: float = 0.05) -> tuple[pa.Table, pa.Table]:
+    """trials.parquet and epochs.parquet of the same write.
+
+    The driver rewrites both after every result: read one after the other, they can come
+    from two writes (epoch rows of a trial the trials file does not name yet). Read again
+    until their generations agree; a pair that never does is what a crash between the two
+    renames leaves, and is returned as it is."""
+    folder = Path(folder)
+    for _ in range(tries):
+        trials = read_table(folder / TRIALS_FILE)
+        epochs = read_table(folder / EPOCHS_FILE) if (folder / EPOCHS_FILE).is_file() else \
+            _table([], _epochs_schema(), {})  # a crash right after the very first rename
+        if generation_of(trials) == generation_of(epochs):
+            break
+        time.sleep(pause_s)
+    return trials, epochs
 
 
 def read_info(folder: Path) -> ExperimentInfo:

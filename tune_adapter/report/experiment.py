@@ -10,7 +10,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, json_to_distribution
 
 from ..errors import UserError
-from ..results import ExperimentInfo, open_experiment, read_epochs, read_trials
+from ..results import ExperimentInfo, open_experiment, read_pair
 
 RANK_METRIC = "best_val_l1"  # the trial store keeps each trial's best epoch by val_l1
 
@@ -50,8 +50,9 @@ class Experiment:
 def load_experiment(folder: Path) -> Experiment:
     """Read and check an experiment folder; a folder the report cannot use is a UserError."""
     folder, info = open_experiment(folder)
-    trials = read_trials(folder).sort_values("number", kind="stable").reset_index(drop=True)
-    epochs = read_epochs(folder).sort_values(["trial_id", "epoch"], kind="stable")
+    trials_table, epochs_table = read_pair(folder)  # of one write: a search may be running
+    trials = trials_table.to_pandas().sort_values("number", kind="stable").reset_index(drop=True)
+    epochs = epochs_table.to_pandas().sort_values(["trial_id", "epoch"], kind="stable")
     experiment = Experiment(folder, info, trials, epochs.reset_index(drop=True))
     if trials.empty or experiment.ranked().empty:
         raise UserError(f"{folder} has no trial with a val_l1 yet: wait for the search's "

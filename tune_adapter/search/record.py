@@ -7,6 +7,8 @@ the store is (re)opened in `setup`, from the Parquet files when resuming.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -15,6 +17,28 @@ from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import ExperimentInfo, TrialStore
 from .optuna_pruned import BASELINE_KEY
+from .recover import repair_checkpoint, skip_stored_checkpoints
+
+# Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),
+# or at Tune's first experiment snapshot after it ("Ns": Tune has then registered the
+# checkpoint and deleted the one it replaces, but its snapshot on storage still names that
+# one), so the fault stress test (search/fault_bench.py) crashes a search at chosen moments.
+KILL_AFTER_ENV = "TUNE_ADAPTER_KILL_AFTER"
+
+
+def kill_point(value: str) -> tuple[int, bool]:
+    """(N, at the next snapshot) from the variable's value; (0, False): never."""
+    value = value.strip()
+    at_snapshot = value.endswith("s")
+    return int(value.removesuffix("s") or 0), at_snapshot
+
+
+def kill_driver() -> None:
+    """SIGKILL the driver's process group when it leads one (the fault bench starts it so:
+    its local Ray dies with it, as in a machine crash), else the driver alone."""
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def error_message(trial) -> str:
@@ -42,14 +66,20 @@ class StoreCallback(Callback):
     def __init__(self, folder: Path, info: ExperimentInfo):
         self.folder, self.info = Path(folder), info
         self.store: TrialStore | None = None
+        self.events = 0  # results and checkpoints recorded by this driver
+        self.kill_after, self.kill_at_snapshot, self.snapshot_kill_armed = 0, False, False
         self.started: dict[str, float] = {}
-        self.elapsed: dict[str, float] = {}  # wall seconds of earlier runs (before a resume)
+        self.elapsed: dict[str, float] = {}  # wall seconds of earlier attempts and runs
+        self.seen: set[str] = set()  # trials whose checkpoint was checked before they start
+        self.first_step = True
 
     def __getstate__(self):
-        return {"folder": self.folder, "info": self.info, "store": None, "started": {}, "elapsed": {}}
+        # A fresh callback's state: the store, clocks and counters are rebuilt in `setup`.
+        return dict(type(self)(self.folder, self.info).__dict__)
 
     def setup(self, **info):
         self.store = TrialStore(self.folder, self.info)
+        self.kill_after, self.kill_at_snapshot = kill_point(os.environ.get(KILL_AFTER_ENV, ""))
         self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
 
     def params_of(self, trial) -> dict:
@@ -59,14 +89,51 @@ class StoreCallback(Callback):
         start = self.started.setdefault(trial.trial_id, time.monotonic())
         return self.elapsed.get(trial.trial_id, 0.0) + time.monotonic() - start
 
+    def on_step_begin(self, iteration, trials, **info):
+        # Trials a resumed search restores are all there before its first step, before
+        # any has started: the checkpoint each restores from must still exist (recover.py).
+        if self.first_step:
+            self.first_step = False
+            self.drop_lost_trials(trials)
+        for trial in trials:
+            if trial.trial_id not in self.seen:
+                self.seen.add(trial.trial_id)
+                if trial.status == trial.PENDING:
+                    repair_checkpoint(trial, self.store.trials.get(trial.trial_id))
+                    skip_stored_checkpoints(trial)
+
+    def drop_lost_trials(self, trials) -> None:
+        """Unfinished trials of the store that a resumed Tune does not know: they started
+        after its last snapshot, so they never resume, and Tune's searcher (restored from
+        the same snapshot) runs a new trial in their place. Their records and checkpoint
+        folders go, so each trial the search runs appears once."""
+        known = {t.trial_id for t in trials}
+        lost = {t for t in self.store.trials if t not in known and not self.store.is_finished(t)}
+        for trial_id in lost:
+            for path in self.store.trials[trial_id].checkpoints.values():
+                if Path(path).parent.parent == self.folder:  # trial_ID/checkpoint_N of this experiment
+                    shutil.rmtree(Path(path).parent, ignore_errors=True)
+        if lost:
+            self.store.drop(lost)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.monotonic()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A failed attempt that Tune retries: its time counts, and the retry starts anew.
+        self.end_attempt(trial.trial_id)
+
+    def end_attempt(self, trial_id: str) -> None:
+        start = self.started.pop(trial_id, None)
+        if start is not None:
+            self.elapsed[trial_id] = self.elapsed.get(trial_id, 0.0) + time.monotonic() - start
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # A result that carries a checkpoint is written once, with it (`on_checkpoint`): the
         # trial waits for the driver after each report, and each write cost it ~30 ms in a profile.
         self.store.record_epoch(trial.trial_id, self.params_of(trial), result, self.wall_seconds(trial),
                                 write=not result.get(SHOULD_CHECKPOINT, False), baseline=is_baseline(trial))
+        self.count_event()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Tune calls this right after on_trial_result for the same report.
@@ -75,12 +142,28 @@ class StoreCallback(Callback):
             self.store.record_checkpoint(trial.trial_id, int(epoch), checkpoint.path)
         else:
             self.store.write()
+        self.count_event()
+
+    def count_event(self) -> None:
+        self.events += 1
+        if self.events == self.kill_after:
+            if not self.kill_at_snapshot:
+                kill_driver()
+            self.snapshot_kill_armed = True
+
+    def get_state(self):
+        # Tune asks for callback state while it writes an experiment snapshot, before the
+        # snapshot reaches storage; there is no state to give (None: nothing saved).
+        if self.snapshot_kill_armed:
+            kill_driver()
+        return None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = (trial.last_result or {}).get("epoch", 0)
         status = "completed" if epochs >= self.info.max_epochs else "pruned"
-        self.store.record_end(trial.trial_id, self.params_of(trial), status, baseline=is_baseline(trial))
+        self.store.record_end(trial.trial_id, self.params_of(trial), status,
+                              wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial),
-                              baseline=is_baseline(trial))
+                              wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))

@@ -1,0 +1,170 @@
+"""Crash a search at chosen moments, resume it, and check what the Parquet store holds.
+
+Each kill point is a list of counts: the driver runs with `TUNE_ADAPTER_KILL_AFTER` set to
+the first, so it SIGKILLs itself and its local Ray (one process group) right after its
+N-th recorded result or checkpoint ("N"), or at Tune's experiment snapshot after it ("Ns",
+when the snapshot on storage names a checkpoint Tune has just deleted: see record.py);
+`--resume` then runs with the next count, and a final `--resume` runs to the end. The moments are deterministic in the driver's own count of
+events, whichever trial they belong to. After the final resume every trial must appear
+once, none as `error` or still `running`, and no (trial, epoch) twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..results import EPOCHS_FILE, TRIALS_FILE, read_epochs, read_trials
+from .record import KILL_AFTER_ENV
+
+# Kill points of `tune-adapter bench --faults`: single kills spread over a tiny search's
+# ~40 events (results and checkpoints of 6 trials x up to 3 epochs), then repeated kills.
+BENCH_KILLS = (("1",), ("3",), ("2s",), ("4s",), ("6s",), ("9s",), ("12s",), ("16s",), ("21s",),
+               ("27s",), ("8",), ("17",), ("4s", "4s"), ("6s", "3", "5s"), ("2s", "2s", "2s", "2s", "2s"))
+
+
+@dataclass(frozen=True)
+class FaultSearch:
+    """The search each kill point crashes: tiny dims, so a run takes seconds."""
+
+    space: Path
+    train: Path
+    val: Path
+    storage: Path
+    num_samples: int = 6
+    max_epochs: int = 3
+    seed: int = 0
+    timeout_s: float = 300.0
+
+    def command(self, name: str, resume: bool) -> list[str]:
+        return [sys.executable, "-m", "tune_adapter", "search", "--space", str(self.space),
+                "--manifest", str(self.train), "--val-manifest", str(self.val),
+                "--num-samples", str(self.num_samples), "--max-epochs", str(self.max_epochs),
+                "--grace-period", "1", "--reduction-factor", "2", "--seed", str(self.seed),
+                "--storage", str(self.storage), "--name", name, *(["--resume"] if resume else [])]
+
+
+@dataclass
+class KillOutcome:
+    kills: tuple[str, ...]
+    killed: int = 0  # runs that died by SIGKILL (a search can end before its kill point)
+    exit_code: int | None = None  # of the final run
+    trials: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    duplicate_trials: int = 0
+    repeated_epochs: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    tail: str = ""  # the final run's last output lines, when it failed
+
+    def ok(self, num_samples: int) -> bool:
+        return (self.exit_code == 0 and self.trials == num_samples and self.duplicate_trials == 0
+                and self.repeated_epochs == 0 and set(self.statuses) <= {"completed", "pruned"})
+
+
+def run_driver(search: FaultSearch, name: str, resume: bool, kill_after: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != KILL_AFTER_ENV}
+    if kill_after is not None:
+        env[KILL_AFTER_ENV] = kill_after
+    # Its own session: the driver's SIGKILL takes its whole process group (its Ray) along,
+    # and so does ours when it hangs.
+    command = search.command(name, resume)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as driver:
+        try:
+            out, err = driver.communicate(timeout=search.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(driver.pid, signal.SIGKILL)
+            out, err = driver.communicate()
+            err += f"\nno end after {search.timeout_s:.0f} s: killed"
+            return subprocess.CompletedProcess(command, 124, out, err)
+    return subprocess.CompletedProcess(command, driver.returncode, out, err)
+
+
+def run_kill_point(search: FaultSearch, kills: tuple[str, ...]) -> KillOutcome:
+    """A fresh search killed at each count of `kills` in turn, then resumed to its end."""
+    name = "kill-" + "-".join(kills)
+    outcome = KillOutcome(kills)
+    start = time.monotonic()
+    resume = False
+    for kill_after in (*kills, None):
+        done = run_driver(search, name, resume, kill_after)
+        resume = True
+        if done.returncode == -9:
+            outcome.killed += 1
+            continue
+        outcome.exit_code = done.returncode
+        if done.returncode != 0:
+            outcome.tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        break  # the search ended (before its kill point, or the final resume)
+    outcome.seconds = time.monotonic() - start
+    check_store(search.storage / name, outcome)
+    return outcome
+
+
+def check_store(folder: Path, outcome: KillOutcome) -> None:
+    if not (folder / TRIALS_FILE).is_file() or not (folder / EPOCHS_FILE).is_file():
+        return
+    trials, epochs = read_trials(folder), read_epochs(folder)
+    outcome.trials = int(trials["trial_id"].nunique())
+    outcome.duplicate_trials = int(trials["trial_id"].duplicated().sum())
+    outcome.statuses = {str(k): int(v) for k, v in trials["status"].value_counts().items()}
+    outcome.repeated_epochs = int(epochs.duplicated(["trial_id", "epoch"]).sum())
+    outcome.errors = [str(e) for e in trials["error"].dropna()]
+
+
+def bench_faults(work_dir: Path, space: Path, kill_points=BENCH_KILLS, num_samples: int = 6,
+                 progress=None) -> tuple[FaultSearch, list[KillOutcome]]:
+    """Every kill point of `kill_points` on the same tiny dataset, one after another."""
+    from ..errors import UserError
+    from ..synth import SynthSpec, write_synth
+
+    if not Path(space).is_file():
+        raise UserError(f"{space} not found: run the fault bench from the repository's root folder")
+    work_dir = Path(work_dir).resolve()
+    data = work_dir / "data"
+    if not (data / "train.json").is_file():
+        write_synth(data, SynthSpec(train_clips=12, val_clips=4, min_frames=5, max_frames=30))
+    storage = work_dir / f"runs-{time.strftime('%Y%m%d-%H%M%S')}"
+    search = FaultSearch(space=Path(space).resolve(), train=data / "train.json", val=data / "val.json",
+                         storage=storage, num_samples=num_samples)
+    outcomes = []
+    for kills in kill_points:
+        outcomes.append(run_kill_point(search, tuple(map(str, kills))))
+        if progress is not None:
+            progress(outcomes[-1])
+    return search, outcomes
+
+
+def outcomes_table(search: FaultSearch, outcomes: list[KillOutcome]):
+    """One row per kill point: how often it died, how the final run ended, what the store holds."""
+    from rich.table import Table
+
+    table = Table(title=f"tune-adapter bench --faults: {search.num_samples} trials x up to "
+                        f"{search.max_epochs} epochs, killed then resumed", title_justify="left")
+    table.add_column("kill after", no_wrap=True)
+    for column in ("kills", "exit", "trials", "completed", "pruned", "error", "other", "epochs twice", "s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    for o in outcomes:
+        other = sum(n for status, n in o.statuses.items() if status not in ("completed", "pruned", "error"))
+        verdict = "[green]ok" if o.ok(search.num_samples) else "[red]FAILED"
+        table.add_row(" > ".join(o.kills), str(o.killed), str(o.exit_code), str(o.trials),
+                      *(str(o.statuses.get(k, 0)) for k in ("completed", "pruned", "error")), str(other),
+                      str(o.repeated_epochs), f"{o.seconds:.0f}", verdict)
+    return table
+
+
+def failure_lines(search: FaultSearch, outcomes: list[KillOutcome]) -> list[str]:
+    """What went wrong at each failed kill point: the trials' errors, or the final run's output."""
+    lines = []
+    for o in outcomes:
+        if not o.ok(search.num_samples):
+            detail = "; ".join(o.errors) or o.tail or "no error recorded"
+            lines.append(f"kill after {' > '.join(o.kills)}: {detail}")
+    return lines
