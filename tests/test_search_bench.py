@@ -38,3 +38,23 @@ def test_search_cost_is_measured_from_real_trial_processes(tmp_path, synth_small
     rows = rows_of(search_sections(cost, model_state=1 << 20, batch_bytes=1 << 10))
     assert all(math.isfinite(v) for v in rows.values())
     assert 0 < rows["outside the trainers"] < 100
+
+
+def test_search_quality_runs_every_method_and_compares_them(tmp_path):
+    """bench --quality end to end on one small task, one epoch: the wiring, not the figures."""
+    from tune_adapter.search.quality_bench import FRAME_GRID, QualityTask, bench_quality, quality_sections
+    from tune_adapter.synth import SynthSpec
+
+    task = QualityTask("small", SynthSpec(train_clips=12, val_clips=4, min_frames=5, max_frames=30,
+                                          teacher_window=3, teacher_scale=2, label_noise=0.1))
+    results = bench_quality(tmp_path, ROOT / "search_spaces", seeds=1, tasks=(task,),
+                            overrides={"num_samples": 3, "max_epochs": 1})
+    (result,) = results
+    assert result.guide.epochs == 1 and result.grid.epochs == len(FRAME_GRID)
+    assert [len(result.searches[s]) for s in ("tpe", "random")] == [1, 1]
+    assert all(o.epochs == 3 for s in result.searches.values() for o in s)  # 3 trials, 1 epoch
+    # The baseline trial of each search is the guide's run: nothing it found can be worse.
+    assert all(o.best_val_l1 <= result.guide.best_val_l1 + 1e-6 for o in result.searches["tpe"])
+    rows = rows_of(quality_sections(results))
+    assert rows["(a) / (c)"] == result.ratios("guide")[0]
+    assert not list((tmp_path / "results").glob("small-*"))  # the bench removes its experiments

@@ -102,9 +102,9 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
 
 
-def run_fixed(task: QualityTask, work: Path, spaces: Path) -> tuple[Outcome, Outcome]:
+def run_fixed(task: QualityTask, work: Path, spaces: Path, **overrides) -> tuple[Outcome, Outcome]:
     """(c) the guide's defaults and (d) the grid, all trained to max epochs in one Tune run."""
-    options = task_options(task, work, spaces, f"{_slug(task.name)}-fixed")
+    options = task_options(task, work, spaces, f"{_slug(task.name)}-fixed", **overrides)
     shutil.rmtree(options.experiment_dir, ignore_errors=True)  # left by a killed bench
     folder = train_without_pruning(options, [GUIDE] + task.grid)
     trials, epochs = read_trials(folder), read_epochs(folder)
@@ -118,7 +118,7 @@ def run_fixed(task: QualityTask, work: Path, spaces: Path) -> tuple[Outcome, Out
 
 def bench_task(task: QualityTask, work: Path, spaces: Path, seeds: int, overrides: dict,
                samplers=("tpe", "random"), fixed: tuple[Outcome, Outcome] | None = None) -> TaskResult:
-    guide, grid = fixed or run_fixed(task, work, spaces)
+    guide, grid = fixed or run_fixed(task, work, spaces, **overrides)
     result = TaskResult(task.name, guide, grid, {s: [] for s in samplers})
     for seed in range(seeds):
         for sampler in samplers:
