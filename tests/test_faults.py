@@ -265,19 +265,22 @@ def test_a_resumed_trial_whose_checkpoints_are_all_there_is_left_alone(tmp_path)
     assert trial.run_metadata.checkpoint_manager is manager and trial.checkpoint.path == newest
 
 
-def test_unfinished_trials_a_resumed_tune_never_knew_are_dropped_with_their_checkpoints(tmp_path):
-    """They started after Tune's last snapshot: Tune runs a new trial in their place."""
+def test_trials_a_resumed_tune_never_knew_are_dropped_with_their_checkpoints(tmp_path):
+    """They started after Tune's last snapshot: Tune runs a new trial in the place of each,
+    finished or not (a finished one kept would make the search one trial longer)."""
     from tune_adapter.search.record import StoreCallback
 
-    store = store_with(tmp_path, ["a", "lost", "b"])
-    store.record_end("b", {"lr": 1e-3}, "completed")
+    store = store_with(tmp_path, ["a", "lost", "b", "c"])
+    store.record_end("b", {"lr": 1e-3}, "completed")  # finished after the snapshot
+    store.record_end("c", {"lr": 1e-3}, "completed")  # finished before it: Tune knows it
     lost_checkpoint = tmp_path / "trial_lost" / "checkpoint_000000"
     lost_checkpoint.mkdir(parents=True)
     store.record_checkpoint("lost", 1, str(lost_checkpoint))
     callback = StoreCallback(tmp_path, INFO)
     callback.setup()
-    callback.on_step_begin(0, [SimpleNamespace(trial_id="a", status="RUNNING", PENDING="PENDING")])
+    callback.on_step_begin(0, [SimpleNamespace(trial_id=t, status=s, PENDING="PENDING")
+                               for t, s in (("a", "RUNNING"), ("c", "TERMINATED"))])
     trials = TrialStore(tmp_path, INFO).trials
-    assert set(trials) == {"a", "b"}  # b finished: its record stands
+    assert set(trials) == {"a", "c"}
     assert sorted(r.number for r in trials.values()) == [0, 1]
     assert not (tmp_path / "trial_lost").exists()

@@ -103,12 +103,12 @@ class StoreCallback(Callback):
                     skip_stored_checkpoints(trial)
 
     def drop_lost_trials(self, trials) -> None:
-        """Unfinished trials of the store that a resumed Tune does not know: they started
-        after its last snapshot, so they never resume, and Tune's searcher (restored from
-        the same snapshot) runs a new trial in their place. Their records and checkpoint
-        folders go, so each trial the search runs appears once."""
+        """Trials of the store that a resumed Tune does not know: they started after its
+        last snapshot, so they never resume, and Tune's searcher (restored from the same
+        snapshot) runs a new trial in the place of each, finished or not. Their records and
+        checkpoint folders go, so the search holds its number of trials, each once."""
         known = {t.trial_id for t in trials}
-        lost = {t for t in self.store.trials if t not in known and not self.store.is_finished(t)}
+        lost = {t for t in self.store.trials if t not in known}
         for trial_id in lost:
             for path in self.store.trials[trial_id].checkpoints.values():
                 if Path(path).parent.parent == self.folder:  # trial_ID/checkpoint_N of this experiment
