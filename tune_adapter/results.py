@@ -333,7 +333,7 @@ def baseline_verdict(trials_frame) -> str | None:
         return None
     base = trials_frame[trials_frame["baseline"]].iloc[0]
     ranked = trials_frame.dropna(subset=["best_val_l1"]).sort_values("best_val_l1")
-    if base["best_val_l1"] is None or _is_nan(base["best_val_l1"]):
+    if base["best_val_l1"] is None or is_nan(base["best_val_l1"]):
         return f"baseline {base['trial_id']} has no val_l1 yet"
     winner = ranked.iloc[0]
     if winner["trial_id"] == base["trial_id"] or winner["best_val_l1"] >= base["best_val_l1"]:
@@ -344,5 +344,5 @@ def baseline_verdict(trials_frame) -> str | None:
             f"{base['trial_id']} {base['best_val_l1']:.4f}: {gain:.1%} lower")
 
 
-def _is_nan(value) -> bool:
+def is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from ray.tune import Callback
 
-from ..results import ExperimentInfo, baseline_verdict
+from ..results import ExperimentInfo, baseline_verdict, is_nan
 from .optuna_pruned import BASELINE_KEY
 
 STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
@@ -105,7 +105,7 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
         table.add_row(
             str(rank), row["trial_id"] + (" (baseline)" if _is_baseline(row) else ""), row["status"],
             *(format_param(row[p]) for p in varying), _metric(row["best_val_l1"]),
-            _metric(row["best_val_cos"]), "-" if epoch is None or _isnan(epoch) else str(int(epoch)),
+            _metric(row["best_val_cos"]), "-" if epoch is None or is_nan(epoch) else str(int(epoch)),
         )
         # pandas reads a missing string as NaN, which is truthy: only a str is a value here.
         where = next((v for v in (row["best_checkpoint"], row["error"]) if isinstance(v, str) and v),
@@ -127,10 +127,6 @@ def short_path(path: str) -> str:
         return path
 
 
-def _isnan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
 def _metric(value) -> str:
-    return "-" if value is None or _isnan(value) else f"{value:.4f}"
+    return "-" if value is None or is_nan(value) else f"{value:.4f}"
 
