@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from tune_adapter.bench import BenchSpec, clock, describe_machine, endless, open_data
+from tune_adapter.bench.trainer import BenchSpec, clock, describe_machine, endless, open_data
 from tune_adapter.synth import write_synth
 
 MB = 2**20

@@ -7,9 +7,10 @@ import pytest
 from tune_adapter.synth import SynthSpec, write_synth
 
 
-# Ray workers import test trainables by module name: they must find tests/ on their path.
-_TESTS = str(Path(__file__).resolve().parent)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
+# Ray workers import test trainables by module name (tests.support.trainables): they must
+# find the repository's root on their path.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from fakes import METADATA, OTHER_TENSORS, random_adapter, write_infinitetalk
+from tests.support.fakes import METADATA, OTHER_TENSORS, random_adapter, write_infinitetalk
 from tune_adapter.adapter import AdapterDims, AudioProjModel
 from tune_adapter.checkpoint import save_checkpoint
 from tune_adapter.cli import app

@@ -14,7 +14,7 @@ soundfile = pytest.importorskip("soundfile")
 pyloudnorm = pytest.importorskip("pyloudnorm")
 soxr = pytest.importorskip("soxr")
 
-from fakes import random_adapter, write_infinitetalk  # noqa: E402
+from tests.support.fakes import random_adapter, write_infinitetalk  # noqa: E402
 from tune_adapter.adapter import AdapterDims  # noqa: E402
 from tune_adapter.cli import app  # noqa: E402
 from tune_adapter.data import load_data  # noqa: E402

@@ -24,7 +24,7 @@ TINY = ROOT / "search_spaces" / "tiny.py"
 
 
 def test_half_gpu_trials_in_mixed_precision_resume_and_export(tmp_path, synth_small, monkeypatch):
-    from trainables import interrupting_trial
+    from tests.support.trainables import interrupting_trial
 
     monkeypatch.setenv("TUNE_ADAPTER_TEST_DRIVER_PID", str(os.getpid()))
     values = dict(space=TINY, manifest=synth_small["train"], val_manifest=synth_small["val"],

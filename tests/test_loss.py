@@ -1,6 +1,6 @@
 import pytest
 import torch
-from helpers import write_clip, write_manifest
+from tests.support.clips import write_clip, write_manifest
 
 from tune_adapter.adapter import AdapterDims, AudioProjModel
 from tune_adapter.data import BatchGatherer, load_data

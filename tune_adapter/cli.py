@@ -407,11 +407,11 @@ def bench(
     --search runs InfiniteTalk-sized trials two at a time through Ray Tune; --asha runs the
     default search with ASHA and then the same 16 configurations without pruning; --faults
     SIGKILLs tiny searches at chosen moments and resumes them."""
-    from .bench import BenchSpec, run_bench
+    from .bench.trainer import BenchSpec, run_bench
     from .display import bench_table, console, sections_table
 
     if quality:
-        from .search.quality_bench import bench_quality, quality_sections
+        from .bench.quality import bench_quality, quality_sections
 
         with console.status("benchmarking: search quality (real searches; about 40 minutes on 2 cores)"):
             results = bench_quality(work_dir / "quality", Path("search_spaces"), seeds=seeds)
@@ -421,8 +421,8 @@ def bench(
         bench_faults_command(work_dir)
         return
     if search or asha:
-        from .search.asha_bench import bench_asha
-        from .search.search_bench import bench_search
+        from .bench.asha import bench_asha
+        from .bench.search import bench_search
 
         if search:
             what = "search cost"
@@ -445,7 +445,7 @@ def bench(
 
 def bench_faults_command(work_dir: Path) -> None:
     from .display import console
-    from .search.fault_bench import BENCH_KILLS, bench_faults, failure_lines, outcomes_table
+    from .bench.faults import BENCH_KILLS, bench_faults, failure_lines, outcomes_table
 
     what = f"{len(BENCH_KILLS)} kill points, each a search killed and resumed (minutes)"
     with console.status(f"benchmarking: {what}") as status:

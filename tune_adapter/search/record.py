@@ -22,7 +22,7 @@ from .recover import repair_checkpoint, skip_stored_checkpoints
 # Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),
 # or at Tune's first experiment snapshot after it ("Ns": Tune has then registered the
 # checkpoint and deleted the one it replaces, but its snapshot on storage still names that
-# one), so the fault stress test (search/fault_bench.py) crashes a search at chosen moments.
+# one), so the fault stress test (bench/faults.py) crashes a search at chosen moments.
 KILL_AFTER_ENV = "TUNE_ADAPTER_KILL_AFTER"
 
 

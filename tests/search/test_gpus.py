@@ -13,7 +13,7 @@ from tune_adapter.results import read_info, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.search.driver import trial_resources
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "search_spaces" / "tiny.py"
 
 
@@ -96,7 +96,7 @@ def test_gpu_shares_cap_memory_release_it_and_out_of_memory_is_an_error(tmp_path
     """On a faked CUDA machine with one logical Ray GPU: half-GPU trials train on cuda capped
     at half its memory and release the cache after; batch size 8 runs out of memory and ends
     as `error` (Optuna: FAIL) while the search goes on. Zero-GPU trials train on the CPU."""
-    from trainables import fake_gpu_trial
+    from tests.support.trainables import fake_gpu_trial
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:

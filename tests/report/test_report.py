@@ -8,7 +8,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from fake_experiment import DISTRIBUTIONS, write_fake_experiment
+from tests.support.fake_experiment import DISTRIBUTIONS, write_fake_experiment
 from tune_adapter.cli import app
 from tune_adapter.errors import UserError
 from tune_adapter.report import write_report

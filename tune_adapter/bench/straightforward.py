@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .adapter import AudioProjModel
-from .data.manifest import ClipEntry
-from .windows import WindowSpec, latent_of_frame, n_latents
+from ..adapter import AudioProjModel
+from ..data.manifest import ClipEntry
+from ..windows import WindowSpec, latent_of_frame, n_latents
 
 
 def per_frame_windows(audio: torch.Tensor, spec: WindowSpec) -> torch.Tensor:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from helpers import write_clip, write_manifest
+from tests.support.clips import write_clip, write_manifest
 from typer.testing import CliRunner
 
 from tune_adapter.cli import app

@@ -17,13 +17,13 @@ import torch
 from tune_adapter.results import read_epochs, read_trials
 from tune_adapter.search import SearchOptions, run_search
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "search_spaces" / "tiny.py"
 
 
 def test_quarter_gpu_trials_run_four_at_a_time(tmp_path, synth_small, monkeypatch):
     """One logical GPU on this CPU machine: trials asking 0.25 GPU run four at once."""
-    from trainables import barrier_trial
+    from tests.support.trainables import barrier_trial
 
     monkeypatch.setenv("BARRIER_TRIALS", "4")
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)

@@ -3,10 +3,10 @@ import math
 import torch
 from typer.testing import CliRunner
 
-from tune_adapter.bench import BenchSpec, padding_fractions, run_bench, step_products
+from tune_adapter.bench.trainer import BenchSpec, padding_fractions, run_bench, step_products
 from tune_adapter.cli import app
 from tune_adapter.loss import masked_loss
-from tune_adapter.straightforward import literal_l1_loss, per_frame_windows, regroup
+from tune_adapter.bench.straightforward import literal_l1_loss, per_frame_windows, regroup
 from tune_adapter.synth import SynthSpec
 from tune_adapter.windows import WindowSpec, clip_inputs
 

@@ -11,7 +11,7 @@ import torch
 from tune_adapter import atomic
 from tune_adapter.results import ExperimentInfo, TrialStore, read_pair
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "search_spaces" / "tiny.py"
 INFO = ExperimentInfo(name="x", params=["lr"], max_epochs=3)
 METRICS = {"val_l1": 0.5, "val_mse": 0.3, "val_cos": 0.9, "train_loss": 0.4, "epoch_seconds": 1.0, "step": 3}
@@ -160,14 +160,14 @@ SLOW_KILLS = [("1",), ("3",), ("2s",), ("8",), ("9s",), ("14s",), ("3s", "3s", "
 
 @pytest.fixture(scope="module")
 def fault_search(tmp_path_factory, synth_small):
-    from tune_adapter.search.fault_bench import FaultSearch
+    from tune_adapter.bench.faults import FaultSearch
 
     return FaultSearch(space=TINY, train=synth_small["train"], val=synth_small["val"],
                        storage=tmp_path_factory.mktemp("faults"), num_samples=4, max_epochs=3)
 
 
 def check_survived(search, kills):
-    from tune_adapter.search.fault_bench import run_kill_point
+    from tune_adapter.bench.faults import run_kill_point
 
     outcome = run_kill_point(search, kills)
     assert outcome.killed == len(kills), f"the search ended before its kill point: {outcome}"
@@ -190,7 +190,7 @@ def test_bench_faults_prints_a_row_per_kill_point_and_fails_when_one_failed(tmp_
     from typer.testing import CliRunner
 
     from tune_adapter.cli import app
-    from tune_adapter.search import fault_bench
+    from tune_adapter.bench import faults as fault_bench
 
     search = fault_bench.FaultSearch(TINY, tmp_path, tmp_path, tmp_path / "runs")
     good = fault_bench.KillOutcome(("4s",), killed=1, exit_code=0, trials=6, statuses={"completed": 6})

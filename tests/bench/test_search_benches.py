@@ -4,10 +4,10 @@ import math
 from pathlib import Path
 
 from tune_adapter.search import SearchOptions
-from tune_adapter.search.asha_bench import asha_sections, compare_asha
-from tune_adapter.search.search_bench import measure_search, search_sections
+from tune_adapter.bench.asha import asha_sections, compare_asha
+from tune_adapter.bench.search import measure_search, search_sections
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rows_of(sections):
@@ -42,7 +42,7 @@ def test_search_cost_is_measured_from_real_trial_processes(tmp_path, synth_small
 
 def test_search_quality_runs_every_method_and_compares_them(tmp_path):
     """bench --quality end to end on one small task, one epoch: the wiring, not the figures."""
-    from tune_adapter.search.quality_bench import FRAME_GRID, QualityTask, bench_quality, quality_sections
+    from tune_adapter.bench.quality import FRAME_GRID, QualityTask, bench_quality, quality_sections
     from tune_adapter.synth import SynthSpec
 
     task = QualityTask("small", SynthSpec(train_clips=12, val_clips=4, min_frames=5, max_frames=30,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..results import EPOCHS_FILE, TRIALS_FILE, read_epochs, read_trials
-from .record import KILL_AFTER_ENV
+from ..search.record import KILL_AFTER_ENV
 
 # Kill points of `tune-adapter bench --faults`: single kills spread over a tiny search's
 # ~40 events (results and checkpoints of 6 trials x up to 3 epochs), then repeated kills.

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fakes import random_adapter, write_infinitetalk
+from tests.support.fakes import random_adapter, write_infinitetalk
 from safetensors import safe_open
 
 from tune_adapter.data import load_data
@@ -15,9 +15,9 @@ from tune_adapter.export import load_exported
 from tune_adapter.results import read_epochs, read_info, read_trials
 from tune_adapter.trainer import evaluate_pack
 from tune_adapter.search import SearchOptions, run_search
-from trainables import flaky_trial
+from tests.support.trainables import flaky_trial
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "search_spaces" / "tiny.py"
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..results import read_epochs, read_trials
-from .driver import run_search
-from .options import SearchOptions
+from ..search.driver import run_search
+from ..search.options import SearchOptions
 
 TRIAL_PROCESS = b"ImplicitFunc"  # Ray names a function trainable's actor process so
 
@@ -94,7 +94,7 @@ def pack_bytes(folder: str) -> int:
 
 
 def measure_search(options: SearchOptions) -> SearchCost:
-    from .driver import prepare_data
+    from ..search.driver import prepare_data
 
     data = prepare_data(options)  # built before the clock starts; the search reuses it
     data_bytes = pack_bytes(data.train.root) + pack_bytes(data.val.root)
@@ -120,7 +120,7 @@ def search_sections(cost: SearchCost, model_state: int, batch_bytes: int,
     """Memory of the concurrent trials against one copy of the data plus their own state;
     time outside the trainers. `runtime`: the same trial processes' memory on tiny dims
     (Python, torch, the Ray worker, this package), which no model or data accounts for."""
-    from ..bench import MB, Row, Section, verdict
+    from .report import MB, Row, Section, verdict
 
     budget = 1.15 * (cost.data_bytes + cost.slots * (model_state + batch_bytes))
     rows = [
@@ -184,7 +184,7 @@ def bench_search(work: Path, space: Path, trials: int = 16, epochs: int = 8, cli
     everything but the model, the optimizer and the data: the runtime's own memory.
     """
     from ..adapter import AdapterDims
-    from ..bench import model_state_bytes
+    from .trainer import model_state_bytes
 
     runtime = measure_and_remove(bench_options(work, space, "tiny", 2, 2, 16, 1)).peak
     cost = measure_and_remove(bench_options(work, space, "infinitetalk", trials, epochs, clips,

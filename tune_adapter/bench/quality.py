@@ -21,9 +21,9 @@ import pandas as pd
 
 from ..results import read_epochs, read_trials
 from ..synth import SynthSpec, write_synth
-from .asha_bench import train_without_pruning
-from .driver import ray_session, run_search
-from .options import SearchOptions, resolve_options
+from .asha import train_without_pruning
+from ..search.driver import ray_session, run_search
+from ..search.options import SearchOptions, resolve_options
 
 GUIDE = {"lr": 1e-4, "batch_size": 2, "audio_window": 5, "vae_scale": 4}
 # A grid a careful user might try by hand: the learning rates either side of 1e-3, short
@@ -144,7 +144,7 @@ def bench_quality(work: Path, spaces: Path, seeds: int = 3, tasks=TASKS, overrid
 
 
 def quality_sections(results: list[TaskResult]) -> list:
-    from ..bench import Row, Section, verdict
+    from .report import Row, Section, verdict
 
     sections = []
     for r in results:

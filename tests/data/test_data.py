@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from helpers import write_clip, write_manifest
+from tests.support.clips import write_clip, write_manifest
 
 import tune_adapter.data.pack as pack_module
 from tune_adapter.data import BatchGatherer, BatchSampler, load_data, padded_fraction, read_manifest

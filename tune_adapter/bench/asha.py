@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..results import read_info, read_trials
-from .driver import (
+from ..search.driver import (
     max_concurrent,
     prepare_search,
     ray_session,
@@ -22,10 +22,10 @@ from .driver import (
     trial_dirname,
     trial_resources,
 )
-from .options import SearchOptions
-from .storage import linking_filesystem
-from .record import StoreCallback
-from .trial import run_trial
+from ..search.options import SearchOptions
+from ..search.storage import linking_filesystem
+from ..search.record import StoreCallback
+from ..search.trial import run_trial
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _plain(config: dict) -> dict:
 
 
 def asha_sections(result: AshaComparison) -> list:
-    from ..bench import Row, Section, verdict
+    from .report import Row, Section, verdict
 
     rows = []
     for run in (result.asha, result.full):

@@ -27,17 +27,17 @@ from unittest import mock
 
 import torch
 
-from .adapter import AdapterDims, AudioProjModel
-from .config import TrainConfig
-from .data import BatchSampler, load_data, padded_fraction, read_manifest
-from .errors import ConfigError
-from .memory import KEEP_ENV, THP_ENV, huge_pages_requested, keep_freed_memory
-from .runtime import resolve_runtime
+from ..adapter import AdapterDims, AudioProjModel
+from ..config import TrainConfig
+from ..data import BatchSampler, load_data, padded_fraction, read_manifest
+from ..errors import ConfigError
+from ..memory import KEEP_ENV, THP_ENV, huge_pages_requested, keep_freed_memory
+from ..runtime import resolve_runtime
+from ..synth import SynthSpec, write_synth
+from ..windows import WindowSpec, n_latents
+from .report import MB, BenchReport, Row, Section, verdict
 from .straightforward import StraightforwardTrainer
-from .synth import SynthSpec, write_synth
-from .windows import WindowSpec, n_latents
 
-MB = 2**20
 RSS_FACTOR, RSS_ALLOWANCE = 1.3, 400 * MB  # target: peak RSS <= 1.3 x state + 400 MB
 
 
@@ -100,30 +100,6 @@ class TrainerResult:
     step_over_floor: float | None = None  # median over steps of step / (products + AdamW)
 
 
-@dataclass
-class Row:
-    name: str
-    value: float
-    unit: str
-    note: str = ""
-
-
-@dataclass
-class Section:
-    title: str
-    rows: list[Row] = field(default_factory=list)
-
-
-@dataclass
-class BenchReport:
-    spec: BenchSpec
-    machine: str
-    sections: list[Section]
-
-    def row(self, name: str) -> Row:
-        return next(r for s in self.sections for r in s.rows if r.name == name)
-
-
 def run_bench(spec: BenchSpec, work_dir: Path | None = None) -> BenchReport:
     resolve_runtime(spec.device, spec.mixed_precision)  # a bad --device fails here, not in a child
     with tempfile.TemporaryDirectory(prefix="tune-adapter-bench-", dir=work_dir) as tmp:
@@ -180,7 +156,7 @@ def measure_fast(spec: BenchSpec, folder: Path) -> TrainerResult:
     Timing the floor in the same process, interleaved with the steps, means both see the
     same load from whatever else runs on the machine; the ratio is taken step by step.
     """
-    from .trainer import Run
+    from ..trainer import Run
 
     data = open_data(folder)
     run = Run(spec.train_config(), data)
@@ -465,7 +441,3 @@ def padding_section(spec: BenchSpec) -> Section:
         Row("padded fraction, no bucketing", 100 * plain, "%", where),
         Row("padded fraction, length bucketing", 100 * bucketed, "%", where),
     ])
-
-
-def verdict(met: bool, target: str) -> str:
-    return f"{'met' if met else 'MISSED'}: {target}"

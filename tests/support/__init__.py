@@ -1,0 +1,1 @@
+"""Helpers the tests share: fake weights and experiments, clips, trainables Ray runs."""
