@@ -1,6 +1,6 @@
 """Parity with InfiniteTalk: windows, regrouping and the adapter, transcribed literally.
 
-The reference below follows InfiniteTalk's code step by step, as DESIGN.md describes it:
+The reference below follows InfiniteTalk's code step by step, as docs/adapter.md explains it:
 `wan/multitalk.py` builds a clamped window around every frame, `WanModel.forward` regroups
 them per latent, and `AudioProjModel.forward` flattens, projects and normalises. It shares
 no code with `tune_adapter.windows` or `tune_adapter.adapter.forward`.

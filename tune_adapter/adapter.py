@@ -2,7 +2,8 @@
 
 Inputs follow InfiniteTalk's `WanModel.forward`: `first` is `[B, 1, W, L, C]` (the window
 of latent 0) and `latter` is `[B, N-1, W+S-1, L, C]` (one regrouped window per later
-latent); the output is `[B, N, K, D]`. See `windows.py` for how the inputs are gathered.
+latent); the output is `[B, N, K, D]`. See `windows.py` for how the inputs are gathered
+and docs/adapter.md for the whole computation.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Predictions are per latent, `[B, N, K, D]`; targets are per frame or per latent,
 `[B, P, K, D]`, with `positions[b, p]` the latent that target row p is compared with and
 `mask[b, p]` false on padding. An example's loss is the mean of the element loss over its
 valid rows, so it does not depend on what it is batched with; the batch loss is the
-weighted mean of the example losses.
+weighted mean of the example losses (docs/adapter.md has worked examples).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ latent k >= 1 takes its first frame's left half-window and centre, the centres o
 middle frames, and its last frame's centre and right half-window. That regrouping is the
 contiguous run of frames `1+(k-1)S-m ... kS+m` (m = W // 2), clamped to the clip. So an
 adapter input is one gather with a precomputed index table; no per-frame window is ever
-materialised.
+materialised. docs/adapter.md works through the tables with examples.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ latent the way InfiniteTalk's code does, take the loss as its definition reads, 
 float32, and step an unfused AdamW. `bench` runs it with PyTorch's default memory settings
 (no huge pages, glibc's default malloc), as such a script would run; it also times it
 with this package's settings, so the two ratios show what those settings are worth.
-Its numbers are the baseline of the "fast / straightforward" ratio in README.md, Performance.
+Its numbers are the baseline of the "fast / straightforward" ratio in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def pad_to(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 def literal_l1_loss(pred, targets, positions, mask, weights) -> torch.Tensor:
     """Per example, the mean over valid rows of the mean |prediction - target|; then the
-    weighted mean over examples: the definition in DESIGN.md, term by term."""
+    weighted mean over examples: the definition in docs/adapter.md, term by term."""
     rows = torch.arange(pred.shape[0]).unsqueeze(1)
     per_row = (pred[rows, positions] - targets).abs().mean(dim=(-2, -1))
     valid = mask.float()
