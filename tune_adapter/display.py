@@ -102,7 +102,7 @@ def frame_table(frame, title: str) -> Table:
 
 
 def bench_table(report) -> Table:
-    """A `bench.BenchReport` as one table, a heading row per section."""
+    """A `bench.report.BenchReport` as one table, a heading row per section."""
     spec = report.spec
     title = (f"tune-adapter bench: {spec.dims} dims, {spec.frames}-frame clips, batch "
              f"{spec.batch_size}, {spec.steps} steps, {spec.device}, "
@@ -111,7 +111,7 @@ def bench_table(report) -> Table:
 
 
 def sections_table(title: str, sections) -> Table:
-    """Benchmark sections (`bench.Section`) as one table, a heading row per section."""
+    """Benchmark sections (`bench.report.Section`) as one table, a heading row per section."""
     table = Table(title=title, title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")

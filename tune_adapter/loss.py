@@ -22,8 +22,7 @@ def aligned_predictions(pred: torch.Tensor, positions: torch.Tensor) -> torch.Te
     """The prediction each target row is compared with: `[B, P, K, D]`."""
     # One index_select over the flattened (batch, latent) rows, not pred[rows, positions]:
     # the same values, but its backward is index_add_ instead of index_put_(accumulate),
-    # which is serial on the CPU: 22 ms -> about 5 ms per step at InfiniteTalk's dims, batch 4
-    # (torch.profiler, index_put_ against index_select + index_add_).
+    # which is serial on the CPU (docs/performance.md has the figures).
     batch, n_lat = pred.shape[:2]
     rows = torch.arange(batch, device=pred.device).unsqueeze(1) * n_lat + positions
     flat = pred.reshape(batch * n_lat, *pred.shape[2:]).index_select(0, rows.reshape(-1))
@@ -34,8 +33,7 @@ def element_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.T
     """Element loss averaged over tokens and channels: `[B, P]`."""
     per_row = pred.shape[-2] * pred.shape[-1]
     # L1 and MSE as vector norms: one pass over the [B, P, K, D] difference forward and two
-    # backward, where abs()/square() then mean() take three each way (the loss was about a
-    # sixth of an InfiniteTalk-sized step on the CPU).
+    # backward, where abs()/square() then mean() take three each way.
     if kind == "l1":
         return torch.linalg.vector_norm(pred - target, ord=1, dim=(-2, -1)) / per_row
     if kind == "mse":
@@ -71,14 +69,11 @@ def row_coefficients(mask: torch.Tensor, weights: torch.Tensor, per_row: int) ->
 class FusedRowLoss(torch.autograd.Function):
     """L1 or MSE of predictions gathered per target row, forward and backward by hand.
 
-    The loss is large at InfiniteTalk's dims (per-frame targets: [B, T, K, D], 8M floats at
-    batch 4): autograd's version keeps the gathered predictions, the difference and the
-    norm's input, and its backward makes three more tensors of that size before index_add_.
-    Here the rows are gathered and differenced a slice at a time; L1 keeps only the sign of
-    each difference, as int8 (a quarter of the float32 size), MSE the difference itself; the
+    Autograd's version keeps several [B, P, K, D] tensors (gathered predictions, difference,
+    the norm's input, and three more in backward). Here rows are gathered and differenced a
+    slice at a time; L1 keeps only each difference's sign (int8), MSE the difference; the
     gradient is made in the same slices and added straight into the predictions' gradient.
-    This is what brought `tune-adapter bench`'s peak RSS from 1920 MB to 1847-1851 MB, under
-    its target, with the kept heap (README.md, Performance).
+    What it saves is in docs/performance.md.
     """
 
     SLICES = 8

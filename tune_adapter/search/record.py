@@ -130,7 +130,7 @@ class StoreCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # A result that carries a checkpoint is written once, with it (`on_checkpoint`): the
-        # trial waits for the driver after each report, and each write cost it ~30 ms in a profile.
+        # trial waits for the driver after each report, so every write is time it waits.
         self.store.record_epoch(trial.trial_id, self.params_of(trial), result, self.wall_seconds(trial),
                                 write=not result.get(SHOULD_CHECKPOINT, False), baseline=is_baseline(trial))
         self.count_event()

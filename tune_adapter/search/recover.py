@@ -11,7 +11,7 @@ The Parquet store is written before Tune registers a checkpoint (StoreCallback's
 trial starts, this registers that checkpoint with the trial, as Tune would have done had
 its snapshot been current, or, when none is left, drops the trial's checkpoints so Tune
 starts it again from scratch. Tune still does the restoring. The private Tune names used
-(`_TrainingResult`, `_CheckpointManager`) are those of Ray 2.60; tests/test_faults.py
+(`_TrainingResult`, `_CheckpointManager`) are those of Ray 2.60; tests/search/test_faults.py
 runs this on a real Tune `Trial`, so a Ray that renames them fails there first.
 """
 

@@ -1,14 +1,12 @@
 """Experiment storage whose file copies are hard links: checkpoints reach storage for free.
 
 Tune persists every reported checkpoint by copying its folder into the trial's storage
-folder (`pyarrow.fs.copy_files`). At InfiniteTalk's dims a checkpoint is about 0.9 GB
-(weights and AdamW's moments), so with a checkpoint per epoch that copy was about a third
-of a trial's wall time on the bench machine. When the source and destination filesystems
-are equal, `copy_files` calls the filesystem's own `copy_file`; this filesystem is the
-local one with `copy_file` as a hard link, so a trial writes its checkpoint once, into a
-scratch folder inside the experiment (the same filesystem), and Tune's copy costs nothing.
-Where a link cannot be made (another filesystem), it copies. Everything else is the local
-filesystem's own behaviour.
+folder (`pyarrow.fs.copy_files`), which at InfiniteTalk's dims costs a trial much of its
+time (docs/performance.md). When source and destination filesystems are equal,
+`copy_files` calls the filesystem's own `copy_file`; this one is the local filesystem with
+`copy_file` as a hard link, so a trial writes its checkpoint once, into a scratch folder
+inside the experiment, and Tune's copy costs nothing. Where a link cannot be made (another
+filesystem), it copies.
 """
 
 from __future__ import annotations
