@@ -100,7 +100,12 @@ def test_metrics_on_known_values():
     m = sums.means()
     assert m["val_l1"] == pytest.approx(0.5)
     assert m["val_mse"] == pytest.approx(0.25)
-    assert m["val_cos"] < 1
+    # Per example: the mean over its valid rows of the mean cosine over its tokens;
+    # examples weighted 1 and 3.
+    cos = [[torch.nn.functional.cosine_similarity(pred[b, r], target[b, r], dim=-1).mean()
+            for r in range(3) if mask[b, r]] for b in range(2)]
+    expected = (1 * torch.stack(cos[0]).mean() + 3 * torch.stack(cos[1]).mean()) / 4
+    assert m["val_cos"] == pytest.approx(float(expected), rel=1e-6) and m["val_cos"] < 1
     sums = MetricSums()
     sums.add(target * 2, target, positions, mask, torch.ones(2))
     assert sums.means()["val_cos"] == pytest.approx(1.0, abs=1e-6)
