@@ -52,6 +52,26 @@ def test_bad_spaces_are_refused_before_any_trial(tmp_path, body, needle):
         check_space(probe_space(space), space, None)
 
 
+@pytest.mark.parametrize("name,value", [
+    ("audio_window", 4), ("vae_scale", 1), ("lr", 0.0), ("lr", float("inf")), ("batch_size", 0),
+    ("weight_decay", -0.1), ("grad_clip", -1.0), ("loss", "huber"), ("intermediate_dim", 0),
+])
+def test_the_config_and_the_space_probe_refuse_alike(tmp_path, name, value):
+    """One set of range rules: the flag and the space parameter get the same reason and fix."""
+    from tune_adapter.config import TrainConfig
+
+    with pytest.raises(ConfigError) as by_config:
+        TrainConfig(**{name: value})
+    space = load_space(space_file(tmp_path, f"{{{name!r}: {value!r}}}".replace("inf", 'float("inf")')))
+    with pytest.raises(ConfigError) as by_probe:
+        check_space(probe_space(space), space, None)
+    flag = "--" + name.replace("_", "-")
+    assert str(by_config.value).startswith(f"{flag} is {value!r}: it must be ")
+    assert f"can sample {name}={value!r}: it must be " in str(by_probe.value)
+    reason = str(by_config.value).split(": ", 1)[1]
+    assert str(by_probe.value).endswith(": " + reason) and "\n" not in reason
+
+
 def test_a_branch_taken_only_sometimes_is_probed(tmp_path):
     body = ('{"audio_window": trial.suggest_int("w_big", 5, 9, step=2) '
             'if trial.suggest_categorical("big", [False, True]) else 3}')
