@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from tune_adapter.cli import app
 from tune_adapter.errors import ConfigError
-from tune_adapter.search import resolve_options
+from tune_adapter.search import SearchOptions, resolve_options
 from tune_adapter.space import check_baseline, check_space, load_space, probe_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,8 +85,9 @@ def test_a_branch_taken_only_sometimes_is_probed(tmp_path):
 
 def test_constants_give_flag_defaults_and_flags_win(tmp_path):
     space = load_space(space_file(tmp_path, '{"lr": 1e-3}', "NUM_SAMPLES = 7\nMAX_EPOCHS = 4"))
-    opts = resolve_options(space.defaults, space=space.path, num_samples=None, max_epochs=2)
+    opts = resolve_options(space.defaults, space=space.path, num_samples=None, max_epochs=2, seed=None)
     assert (opts.num_samples, opts.max_epochs, opts.grace_period) == (7, 2, 1)
+    assert opts.seed == SearchOptions.seed  # neither flag nor constant: SearchOptions' default
 
 
 def test_search_cli_refuses_a_bad_space_without_starting_ray(tmp_path, synth_small):

@@ -26,9 +26,9 @@ from optuna.distributions import (
 
 from .config import SEARCHABLE, TrainConfig, option_problem
 from .errors import ConfigError
+from .search.options import SPACE_CONSTANTS
 
-FLAG_CONSTANTS = ("NUM_SAMPLES", "MAX_EPOCHS", "GRACE_PERIOD", "REDUCTION_FACTOR",
-                  "CPUS_PER_TRIAL", "GPUS_PER_TRIAL", "MAX_CONCURRENT", "MAX_FAILURES", "SEED")
+FLAG_CONSTANTS = tuple(name.upper() for name in SPACE_CONSTANTS)  # NUM_SAMPLES, ...
 PROBE_RUNS = 64
 
 

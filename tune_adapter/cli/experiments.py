@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UserError
+from ..search.options import SHARED_GPU, SearchOptions
 from .app import CacheDir, Experiment, ValFraction, ValManifest
 
 
@@ -16,22 +17,22 @@ def search(
     manifest: Annotated[Optional[Path], typer.Option(help="Training manifest [default: a synthetic dataset under --storage]")] = None,
     val_manifest: ValManifest = None,
     val_fraction: ValFraction = None,
-    num_samples: Annotated[Optional[int], typer.Option(help="Trials [space's NUM_SAMPLES, else 16]")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option(help="Epochs of a trial that ASHA keeps [MAX_EPOCHS, else 10]")] = None,
-    grace_period: Annotated[Optional[int], typer.Option(help="Epochs before ASHA may stop a trial [GRACE_PERIOD, else 1]")] = None,
-    reduction_factor: Annotated[Optional[int], typer.Option(help="ASHA keeps 1/R at each rung [REDUCTION_FACTOR, else 3]")] = None,
-    cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs (and torch threads) per trial [1]")] = None,
-    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU fraction per trial, or whole GPUs above 1 [0.25 with GPUs, else 0]")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help=f"Trials [space's NUM_SAMPLES, else {SearchOptions.num_samples}]")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of a trial that ASHA keeps [MAX_EPOCHS, else {SearchOptions.max_epochs}]")] = None,
+    grace_period: Annotated[Optional[int], typer.Option(help=f"Epochs before ASHA may stop a trial [GRACE_PERIOD, else {SearchOptions.grace_period}]")] = None,
+    reduction_factor: Annotated[Optional[int], typer.Option(help=f"ASHA keeps 1/R at each rung [REDUCTION_FACTOR, else {SearchOptions.reduction_factor}]")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(help=f"CPUs (and torch threads) per trial [{SearchOptions.cpus_per_trial:g}]")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help=f"GPU fraction per trial, or whole GPUs above 1 [{SHARED_GPU} with GPUs, else 0]")] = None,
     max_concurrent: Annotated[Optional[int], typer.Option(help="Trials at once [as many as resources allow]")] = None,
-    storage: Annotated[Path, typer.Option(help="Folder of experiments")] = Path("results"),
+    storage: Annotated[Path, typer.Option(help="Folder of experiments")] = SearchOptions.storage,
     name: Annotated[Optional[str], typer.Option(help="Experiment name [the space file's name]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Optuna sampler seed [0]")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a stopped search of this name")] = False,
+    seed: Annotated[Optional[int], typer.Option(help=f"Optuna sampler seed [{SearchOptions.seed}]")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped search of this name")] = SearchOptions.resume,
     address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one")] = None,
-    max_failures: Annotated[Optional[int], typer.Option(help="Retries of a failing trial [1]")] = None,
-    mixed_precision: Annotated[bool, typer.Option(help="bf16 autocast in every trial")] = False,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N epochs and at a trial's end (fewer: less I/O, coarser resume and export)")] = 1,
-    baseline: Annotated[bool, typer.Option(help="First run the space's BASELINE (the guide's defaults), all epochs, to compare the winner with")] = True,
+    max_failures: Annotated[Optional[int], typer.Option(help=f"Retries of a failing trial [{SearchOptions.max_failures}]")] = None,
+    mixed_precision: Annotated[bool, typer.Option(help="bf16 autocast in every trial")] = SearchOptions.mixed_precision,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N epochs and at a trial's end (fewer: less I/O, coarser resume and export)")] = SearchOptions.checkpoint_every,
+    baseline: Annotated[bool, typer.Option(help="First run the space's BASELINE (the guide's defaults), all epochs, to compare the winner with")] = SearchOptions.baseline,
     cache_dir: CacheDir = None,
     top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
 ):
