@@ -68,3 +68,57 @@ def test_check_names_the_scales_of_latent_targets(synth_latent):
 def test_synth_refuses_to_overwrite(tmp_path, synth_small):
     result = runner.invoke(app, ["synth", "--out", str(synth_small["train"].parent)])
     assert result.exit_code == 2 and "already holds" in result.stderr
+
+
+def test_every_train_config_field_is_a_train_flag_with_its_default():
+    from dataclasses import MISSING, fields
+
+    import typer.main
+
+    from tune_adapter.config import TrainConfig
+
+    flags = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
+    for f in fields(TrainConfig):
+        if not f.metadata.get("flag", True):
+            assert f.name not in flags, f.name
+            continue
+        assert f.name in flags, f"TrainConfig.{f.name} is not a train flag"
+        flag = flags[f.name]
+        assert flag.opts[0] == "--" + f.name.replace("_", "-")
+        assert flag.default == (None if f.default is MISSING else f.default), f.name
+        assert flag.help == f.metadata.get("help")
+
+
+def test_a_new_config_field_becomes_a_flag_without_a_cli_change():
+    from dataclasses import dataclass
+
+    import typer
+
+    from tune_adapter.cli.config_flags import config_flags
+    from tune_adapter.config import TrainConfig, option
+
+    @dataclass(frozen=True)
+    class Extended(TrainConfig):
+        cpu_tuning: bool = option(False, "Tune the CPU")
+        threads: int = 3
+
+    seen = {}
+    other = typer.Typer()
+
+    @other.command()
+    @config_flags(Extended)
+    def run(*, config: Extended, name: str = "x"):
+        seen.update(config=config, name=name)
+
+    result = runner.invoke(other, ["--cpu-tuning", "--threads", "5", "--lr", "0.5", "--name", "y"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == Extended(cpu_tuning=True, threads=5, lr=0.5) and seen["name"] == "y"
+    assert "Tune the CPU" in runner.invoke(other, ["--help"]).output
+
+
+def test_an_out_of_range_flag_is_one_line_and_exit_2(tmp_path):
+    result = runner.invoke(app, ["train", "--manifest", str(tmp_path / "m.json"), "--output-dir",
+                                 str(tmp_path / "out"), "--audio-window", "4"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: --audio-window is 4: it must be an odd integer >= 1 "
+                             "(it needs a centre frame), e.g. 5\n")

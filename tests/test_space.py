@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from tune_adapter.cli import app
 from tune_adapter.errors import ConfigError
-from tune_adapter.search import resolve_options
+from tune_adapter.search import SearchOptions, resolve_options
 from tune_adapter.space import check_baseline, check_space, load_space, probe_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,26 @@ def test_bad_spaces_are_refused_before_any_trial(tmp_path, body, needle):
         check_space(probe_space(space), space, None)
 
 
+@pytest.mark.parametrize("name,value", [
+    ("audio_window", 4), ("vae_scale", 1), ("lr", 0.0), ("lr", float("inf")), ("batch_size", 0),
+    ("weight_decay", -0.1), ("grad_clip", -1.0), ("loss", "huber"), ("intermediate_dim", 0),
+])
+def test_the_config_and_the_space_probe_refuse_alike(tmp_path, name, value):
+    """One set of range rules: the flag and the space parameter get the same reason and fix."""
+    from tune_adapter.config import TrainConfig
+
+    with pytest.raises(ConfigError) as by_config:
+        TrainConfig(**{name: value})
+    space = load_space(space_file(tmp_path, f"{{{name!r}: {value!r}}}".replace("inf", 'float("inf")')))
+    with pytest.raises(ConfigError) as by_probe:
+        check_space(probe_space(space), space, None)
+    flag = "--" + name.replace("_", "-")
+    assert str(by_config.value).startswith(f"{flag} is {value!r}: it must be ")
+    assert f"can sample {name}={value!r}: it must be " in str(by_probe.value)
+    reason = str(by_config.value).split(": ", 1)[1]
+    assert str(by_probe.value).endswith(": " + reason) and "\n" not in reason
+
+
 def test_a_branch_taken_only_sometimes_is_probed(tmp_path):
     body = ('{"audio_window": trial.suggest_int("w_big", 5, 9, step=2) '
             'if trial.suggest_categorical("big", [False, True]) else 3}')
@@ -65,8 +85,9 @@ def test_a_branch_taken_only_sometimes_is_probed(tmp_path):
 
 def test_constants_give_flag_defaults_and_flags_win(tmp_path):
     space = load_space(space_file(tmp_path, '{"lr": 1e-3}', "NUM_SAMPLES = 7\nMAX_EPOCHS = 4"))
-    opts = resolve_options(space.defaults, space=space.path, num_samples=None, max_epochs=2)
+    opts = resolve_options(space.defaults, space=space.path, num_samples=None, max_epochs=2, seed=None)
     assert (opts.num_samples, opts.max_epochs, opts.grace_period) == (7, 2, 1)
+    assert opts.seed == SearchOptions.seed  # neither flag nor constant: SearchOptions' default
 
 
 def test_search_cli_refuses_a_bad_space_without_starting_ray(tmp_path, synth_small):

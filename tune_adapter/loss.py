@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("l1", "mse", "smooth_l1")
+from .config import LOSSES
+
 METRICS = ("val_l1", "val_mse", "val_cos")
 
 

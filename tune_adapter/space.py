@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import random
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -25,14 +24,11 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from .config import TrainConfig
+from .config import SEARCHABLE, TrainConfig, option_problem
 from .errors import ConfigError
+from .search.options import SPACE_CONSTANTS
 
-FLAG_CONSTANTS = ("NUM_SAMPLES", "MAX_EPOCHS", "GRACE_PERIOD", "REDUCTION_FACTOR",
-                  "CPUS_PER_TRIAL", "GPUS_PER_TRIAL", "MAX_CONCURRENT", "MAX_FAILURES", "SEED")
-SEARCHABLE = tuple(f.name for f in fields(TrainConfig)
-                   if f.name not in ("epochs", "device", "num_workers", "save_every", "log_every",
-                                     "keep_freed_memory", "moments_in_last_checkpoint"))
+FLAG_CONSTANTS = tuple(name.upper() for name in SPACE_CONSTANTS)  # NUM_SAMPLES, ...
 PROBE_RUNS = 64
 
 
@@ -172,17 +168,10 @@ def check_space(probed: ProbedSpace, space: SearchSpace, latent_scales: list[int
     for key in probed.returned:
         if key not in SEARCHABLE:
             raise ConfigError(f"{where}: {key!r} is not a training option; use one of {', '.join(SEARCHABLE)}")
-    rules = {
-        "audio_window": (lambda v: isinstance(v, int) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
-        "vae_scale": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
-        "lr": (lambda v: isinstance(v, (int, float)) and v > 0 and math.isfinite(v), "> 0"),
-        "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-        "weight_decay": (lambda v: isinstance(v, (int, float)) and v >= 0, ">= 0"),
-    }
-    for key, (ok, wanted) in rules.items():
-        bad = sorted((v for v in probed.returned.get(key, ()) if not ok(v)), key=repr)
+    for key in SEARCHABLE:  # TrainConfig's range rules, on every value the space can give
+        bad = sorted((v for v in probed.returned.get(key, ()) if option_problem(key, v)), key=repr)
         if bad:
-            raise ConfigError(f"{where} can sample {key}={bad[0]!r}: it must be {wanted}")
+            raise ConfigError(f"{where} can sample {key}={bad[0]!r}: {option_problem(key, bad[0])}")
     if latent_scales is not None:
         scales = probed.returned.get("vae_scale", {TrainConfig.vae_scale})
         unfit = sorted(s for s in scales if s not in latent_scales)

@@ -56,7 +56,7 @@ class SynthSpec:
             raise ConfigError("--train-clips and --val-clips must be >= 1")
         if self.label_noise < 0:
             raise ConfigError(f"--label-noise {self.label_noise} must be >= 0")
-        check_window(self.teacher_window, self.teacher_scale)
+        check_window(self.teacher_window, self.teacher_scale, ("--teacher-window", "--teacher-scale"))
 
     def adapter_dims(self) -> AdapterDims:
         return AdapterDims(audio_window=self.teacher_window, vae_scale=self.teacher_scale,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import option_problem
 from .errors import ConfigError
 
 
@@ -35,17 +36,13 @@ class WindowSpec:
         return self.audio_window + self.vae_scale - 1
 
 
-def check_window(audio_window: int, vae_scale: int) -> None:
-    if not isinstance(audio_window, int) or audio_window < 1 or audio_window % 2 == 0:
-        raise ConfigError(
-            f"audio window {audio_window!r} must be an odd integer >= 1 (it needs a centre "
-            "frame): use e.g. --audio-window 5"
-        )
-    if not isinstance(vae_scale, int) or vae_scale < 2:
-        raise ConfigError(
-            f"vae scale {vae_scale!r} must be an integer >= 2 (InfiniteTalk's VAE uses 4): "
-            "use e.g. --vae-scale 4"
-        )
+def check_window(audio_window: int, vae_scale: int,
+                 flags: tuple[str, str] = ("--audio-window", "--vae-scale")) -> None:
+    """W and S by TrainConfig's rules; `flags` name them in the error (synth: the teacher's)."""
+    for flag, name, value in zip(flags, ("audio_window", "vae_scale"), (audio_window, vae_scale)):
+        problem = option_problem(name, value)
+        if problem:
+            raise ConfigError(f"{flag} is {value!r}: {problem}")
 
 
 def n_latents(frames: int, vae_scale: int) -> int:

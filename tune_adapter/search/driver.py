@@ -20,7 +20,7 @@ from ..data import TrainData, load_data
 from ..errors import ConfigError
 from ..results import ExperimentInfo, TrialStore
 from ..space import SEARCHABLE, SearchSpace, check_baseline, check_space, load_space, probe_space
-from .options import SearchOptions
+from .options import SHARED_GPU, SearchOptions
 from .storage import linking_filesystem
 from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
 
@@ -116,7 +116,7 @@ def trial_resources(options: SearchOptions) -> dict:
 
     gpus = options.gpus_per_trial
     if gpus is None:
-        gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = SHARED_GPU if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     resources = {"cpu": options.cpus_per_trial, "gpu": gpus}
     check_fits(resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     return resources

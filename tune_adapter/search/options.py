@@ -7,17 +7,11 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-BUILTIN_DEFAULTS = {
-    "num_samples": 16,
-    "max_epochs": 10,
-    "grace_period": 1,
-    "reduction_factor": 3,
-    "cpus_per_trial": 1.0,
-    "gpus_per_trial": None,  # None: 1/4 GPU per trial when the cluster has GPUs, else 0
-    "max_concurrent": None,  # None: as many as the cluster's CPUs and GPUs allow
-    "max_failures": 1,
-    "seed": 0,
-}
+# Flags a space file may default with an upper-case constant (NUM_SAMPLES = 32, ...): a
+# flag left out takes the space's constant, else SearchOptions' default.
+SPACE_CONSTANTS = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
+                   "gpus_per_trial", "max_concurrent", "max_failures", "seed")
+SHARED_GPU = 0.25  # gpus_per_trial when it is None and the cluster has GPUs
 
 
 @dataclass(frozen=True)
@@ -31,8 +25,8 @@ class SearchOptions:
     grace_period: int = 1
     reduction_factor: int = 3
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
+    gpus_per_trial: float | None = None  # None: SHARED_GPU when the cluster has GPUs, else 0
+    max_concurrent: int | None = None  # None: as many as the cluster's CPUs and GPUs allow
     max_failures: int = 1
     seed: int = 0
     storage: Path = Path("results")
@@ -82,14 +76,12 @@ class SearchOptions:
 
 def resolve_options(space_defaults: dict, **flags) -> SearchOptions:
     """Flags given on the command line win, then the space file's constants, then ours."""
-    values = {}
     names = {f.name for f in fields(SearchOptions)}
+    values = dict(space_defaults)
     for key, value in flags.items():
         if key not in names:
             raise TypeError(key)
-        if value is None and key in BUILTIN_DEFAULTS:
-            value = space_defaults.get(key, BUILTIN_DEFAULTS[key])
+        if value is None and key in SPACE_CONSTANTS:
+            continue  # not given: the space's constant, else SearchOptions' default
         values[key] = value
-    for key, value in space_defaults.items():
-        values.setdefault(key, value)
     return SearchOptions(**values)

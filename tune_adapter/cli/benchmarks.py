@@ -1,0 +1,85 @@
+"""`tune-adapter bench`: the trainer's speed and memory, search cost, ASHA, quality, faults."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def bench(
+    dims: Annotated[str, typer.Option(help="infinitetalk or tiny")] = "infinitetalk",
+    frames: Annotated[int, typer.Option(help="Frames per clip")] = 81,
+    batch_size: int = 4,
+    steps: Annotated[int, typer.Option(help="Timed steps (after 2 warm-up steps)")] = 10,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    mixed_precision: Annotated[bool, typer.Option(help="bf16 matrix products (CPU) / bf16 autocast (CUDA)")] = True,
+    lengths: Annotated[tuple[int, int], typer.Option(help="Clip lengths of the padding measurement")] = (21, 121),
+    search: Annotated[bool, typer.Option("--search", help="Instead: memory and overhead of two concurrent trials")] = False,
+    asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
+    quality: Annotated[bool, typer.Option("--quality", help="Instead: the default search against random search, the guide's defaults and a grid, on 4 synthetic tasks")] = False,
+    seeds: Annotated[int, typer.Option(help="--quality: search seeds per task")] = 3,
+    faults: Annotated[bool, typer.Option("--faults", help="Instead: kill tiny searches at many moments, resume, check the records")] = False,
+    work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
+    trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time (16: a default search's size)")] = 16,
+    checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
+):
+    """Time the trainer against its floor and a straightforward trainer; report RSS and padding.
+
+    --search runs InfiniteTalk-sized trials two at a time through Ray Tune; --asha runs the
+    default search with ASHA and then the same 16 configurations without pruning; --faults
+    SIGKILLs tiny searches at chosen moments and resumes them."""
+    from ..bench.trainer import BenchSpec, run_bench
+    from ..display import bench_table, console, sections_table
+
+    if quality:
+        from ..bench.quality import bench_quality, quality_sections
+
+        with console.status("benchmarking: search quality (real searches; about 40 minutes on 2 cores)"):
+            results = bench_quality(work_dir / "quality", Path("search_spaces"), seeds=seeds)
+        console.print(sections_table("tune-adapter bench: search quality", quality_sections(results)))
+        return
+    if faults:
+        bench_faults_command(work_dir)
+        return
+    if search or asha:
+        from ..bench.asha import bench_asha
+        from ..bench.search import bench_search
+
+        if search:
+            what = "search cost"
+            run = partial(bench_search, work_dir, Path("search_spaces") / "bench.py", trials=trials,
+                          checkpoint_every=checkpoint_every)
+        else:
+            what = "ASHA against no pruning"
+            run = partial(bench_asha, work_dir, Path("search_spaces") / "default.py")
+        with console.status(f"benchmarking: {what} (real searches; minutes)"):
+            sections = run()
+        console.print(sections_table(f"tune-adapter bench: {what}", sections))
+        return
+
+    spec = BenchSpec(dims=dims, frames=frames, batch_size=batch_size, steps=steps, device=device,
+                     mixed_precision=mixed_precision, mixed_lengths=lengths)
+    with console.status("benchmarking (each trainer in its own process)"):
+        report = run_bench(spec)
+    console.print(bench_table(report))
+
+
+def bench_faults_command(work_dir: Path) -> None:
+    """--faults: SIGKILL tiny searches at chosen moments, resume them, check their records."""
+    from ..display import console
+    from ..bench.faults import BENCH_KILLS, bench_faults, failure_lines, outcomes_table
+
+    what = f"{len(BENCH_KILLS)} kill points, each a search killed and resumed (minutes)"
+    with console.status(f"benchmarking: {what}") as status:
+        search, outcomes = bench_faults(
+            work_dir / "faults", Path("search_spaces") / "tiny.py",
+            progress=lambda o: status.update(f"benchmarking: kill point {' > '.join(o.kills)} done"))
+    console.print(outcomes_table(search, outcomes))
+    for line in failure_lines(search, outcomes):
+        console.print(line, soft_wrap=True, style="red", markup=False)
+    console.print(f"experiments: {search.storage}", soft_wrap=True)
+    if not all(o.ok(search.num_samples) for o in outcomes):
+        raise typer.Exit(1)

@@ -1,0 +1,183 @@
+"""The search and its experiments: search, results, best, export, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UserError
+from ..search.options import SHARED_GPU, SearchOptions
+from .app import CacheDir, Experiment, ValFraction, ValManifest
+
+
+def search(
+    space: Annotated[Path, typer.Option(help="Space file defining space(trial)")] = Path("search_spaces/default.py"),
+    manifest: Annotated[Optional[Path], typer.Option(help="Training manifest [default: a synthetic dataset under --storage]")] = None,
+    val_manifest: ValManifest = None,
+    val_fraction: ValFraction = None,
+    num_samples: Annotated[Optional[int], typer.Option(help=f"Trials [space's NUM_SAMPLES, else {SearchOptions.num_samples}]")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of a trial that ASHA keeps [MAX_EPOCHS, else {SearchOptions.max_epochs}]")] = None,
+    grace_period: Annotated[Optional[int], typer.Option(help=f"Epochs before ASHA may stop a trial [GRACE_PERIOD, else {SearchOptions.grace_period}]")] = None,
+    reduction_factor: Annotated[Optional[int], typer.Option(help=f"ASHA keeps 1/R at each rung [REDUCTION_FACTOR, else {SearchOptions.reduction_factor}]")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(help=f"CPUs (and torch threads) per trial [{SearchOptions.cpus_per_trial:g}]")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help=f"GPU fraction per trial, or whole GPUs above 1 [{SHARED_GPU} with GPUs, else 0]")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option(help="Trials at once [as many as resources allow]")] = None,
+    storage: Annotated[Path, typer.Option(help="Folder of experiments")] = SearchOptions.storage,
+    name: Annotated[Optional[str], typer.Option(help="Experiment name [the space file's name]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Optuna sampler seed [{SearchOptions.seed}]")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped search of this name")] = SearchOptions.resume,
+    address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one")] = None,
+    max_failures: Annotated[Optional[int], typer.Option(help=f"Retries of a failing trial [{SearchOptions.max_failures}]")] = None,
+    mixed_precision: Annotated[bool, typer.Option(help="bf16 autocast in every trial")] = SearchOptions.mixed_precision,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N epochs and at a trial's end (fewer: less I/O, coarser resume and export)")] = SearchOptions.checkpoint_every,
+    baseline: Annotated[bool, typer.Option(help="First run the space's BASELINE (the guide's defaults), all epochs, to compare the winner with")] = SearchOptions.baseline,
+    cache_dir: CacheDir = None,
+    top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
+):
+    """Search hyperparameters with Ray Tune (Optuna samples, ASHA stops weak trials)."""
+    from ..display import console
+    from ..results import TRIALS_FILE, open_experiment, read_trials
+    from ..search import resolve_options, run_search
+    from ..search.live import top_trials_table
+    from ..space import load_space
+
+    space_file = load_space(space)
+    options = resolve_options(
+        space_file.defaults, space=space, manifest=manifest, val_manifest=val_manifest,
+        val_fraction=val_fraction, num_samples=num_samples, max_epochs=max_epochs,
+        grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, storage=storage, name=name,
+        seed=seed, resume=resume, address=address, max_failures=max_failures,
+        mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, cache_dir=cache_dir,
+        baseline=baseline,
+    )
+    outcome = run_search(options, console=console)
+    folder = outcome.experiment_dir
+    if (folder / TRIALS_FILE).is_file():  # none when stopped before the first result
+        folder, info = open_experiment(folder)
+        console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
+    if not outcome.complete:
+        console.print(f"[yellow]stopped with {outcome.finished} of {outcome.num_samples} trials finished: "
+                      f"continue with the same command plus --resume")
+        raise typer.Exit(1)
+    console.print(f"results: {folder}/trials.parquet, epochs.parquet", soft_wrap=True)
+
+
+def results(
+    experiment: Experiment = None,
+    epochs: Annotated[bool, typer.Option("--epochs", help="One row per trial per epoch")] = False,
+    format: Annotated[str, typer.Option(help="table, csv or json")] = "table",
+):
+    """Print an experiment's trials (or epochs) from its Parquet files."""
+    from ..display import console, frame_table
+    from ..results import open_experiment, read_epochs, read_trials
+
+    if format not in ("table", "csv", "json"):
+        raise UserError(f"--format {format!r} is unknown: use table, csv or json")
+    folder, _ = open_experiment(experiment)
+    frame = read_epochs(folder) if epochs else read_trials(folder)
+    if format == "csv":
+        print(frame.to_csv(index=False), end="")
+    elif format == "json":
+        print(frame.to_json(orient="records", indent=1))
+    else:
+        console.print(frame_table(frame, title=str(folder)))
+
+
+MergeInto = Annotated[Optional[Path], typer.Option(help="InfiniteTalk weights file to copy with audio_proj.* replaced")]
+MergedFile = Annotated[Optional[Path], typer.Option(help="Where the merged copy goes [default: OUT/<name of --merge-into>]")]
+AllowConfigChange = Annotated[bool, typer.Option(help="Merge even when W or S change audio_proj's shapes (writes the config InfiniteTalk then needs)")]
+
+
+def best(
+    experiment: Experiment = None,
+    top: Annotated[int, typer.Option(help="Trials to list")] = 5,
+    export: Annotated[Optional[Path], typer.Option(help="Export the best trial's best checkpoint here")] = None,
+    merge_into: MergeInto = None,
+    merged_file: MergedFile = None,
+    allow_config_change: AllowConfigChange = False,
+):
+    """The best trials of an experiment; with --export, the winner as InfiniteTalk weights."""
+    from ..display import console
+    from ..results import best_trial, open_experiment, read_epochs, read_trials
+    from ..search.live import top_trials_table
+
+    folder, info = open_experiment(experiment)
+    trials = read_trials(folder)
+    console.print(f"experiment {folder}", soft_wrap=True)
+    console.print(top_trials_table(trials, info.params, top, f"top {top} trials"))
+    if export is None:
+        if merge_into is not None:
+            raise UserError("--merge-into needs --export DIR (the merged copy is written there)")
+        return
+    winner = best_trial(trials, read_epochs(folder), folder)
+    epoch, best_epoch = winner["export_epoch"], winner["best_epoch"]
+    best_epoch = None if best_epoch != best_epoch else int(best_epoch)  # NaN: no epoch yet
+    record = {"experiment": str(folder), "trial_id": winner["trial_id"], "status": winner["status"],
+              "epoch": epoch, "best_epoch": best_epoch, "parameters": {p: winner[p] for p in info.params},
+              "metrics": {k: winner[f"export_{k}"] for k in ("val_l1", "val_mse", "val_cos")}}
+    note = "" if epoch == best_epoch else f" (its best epoch, {best_epoch}, has no checkpoint)"
+    console.print(f"exporting trial {winner['trial_id']} at epoch {epoch}, val_l1 "
+                  f"{winner['export_val_l1']:.4f}{note}", soft_wrap=True)
+    write_export(Path(winner["export_checkpoint"]), export, record, merge_into, merged_file, allow_config_change)
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint folder, or a train --output-dir (its newest checkpoint)")],
+    out: Annotated[Path, typer.Option(help="Folder for audio_proj.safetensors and adapter_config.json")],
+    merge_into: MergeInto = None,
+    merged_file: MergedFile = None,
+    allow_config_change: AllowConfigChange = False,
+):
+    """Export a trainer checkpoint as InfiniteTalk's audio_proj (and merge it into its weights)."""
+    from ..checkpoint import latest_checkpoint
+    from ..errors import ConfigError
+    from ..export import checkpoint_info
+
+    try:
+        folder = latest_checkpoint(checkpoint)
+    except ConfigError:
+        raise ConfigError(f"--checkpoint {checkpoint}: no checkpoint there (nor under its checkpoints/)") from None
+    write_export(folder, out, checkpoint_info(folder), merge_into, merged_file, allow_config_change)
+
+
+def write_export(folder: Path, out: Path, info: dict, merge_into: Path | None,
+                 merged_file: Path | None, allow_config_change: bool) -> None:
+    """Export a checkpoint (and merge it); a refused merge is found before anything is written."""
+    from ..display import console
+    from ..export import (export_adapter, merged_path, plan_merge, read_checkpoint_adapter,
+                         window_warnings, write_merge)
+
+    dims, tensors = read_checkpoint_adapter(folder)
+    plan = None
+    if merge_into is not None:
+        plan = plan_merge(dims, tensors, merge_into, merged_file or merged_path(out, merge_into),
+                          allow_config_change)
+    exported = export_adapter(folder, out, info)
+    console.print(f"exported {folder} -> {exported}", soft_wrap=True)
+    if plan is None:
+        for message in window_warnings(dims):
+            console.print(f"[yellow]{message}", soft_wrap=True)
+        return
+    with console.status(f"writing {plan.out_file}"):
+        messages = write_merge(plan)
+    for message in messages:
+        console.print(message, soft_wrap=True)
+    console.print(f"merged: {plan.out_file}", soft_wrap=True)
+
+
+def report(
+    experiment: Annotated[Optional[Path], typer.Option(help="Experiment folder [default: the latest under results/]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write [default: EXPERIMENT/report.html]")] = None,
+):
+    """Write a one-file HTML report (curves, progress, parameters, importances, top trials)."""
+    from ..display import console
+    from ..report import write_report
+    from ..results import latest_experiment
+
+    folder = experiment if experiment is not None else latest_experiment()
+    with console.status(f"rendering the report of {folder}"):
+        written = write_report(folder, out if out is not None else folder / "report.html")
+    console.print(f"report: {written}", soft_wrap=True)

@@ -1,0 +1,129 @@
+"""The data and training commands: train, synth, check, extract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import TrainConfig
+from ..errors import UserError
+from .app import CacheDir, ValFraction, ValManifest
+from .config_flags import config_flags
+
+
+@config_flags(TrainConfig)
+def train(
+    *,
+    manifest: Annotated[Path, typer.Option(help="Training manifest (JSON list of clips)")],
+    output_dir: Annotated[Path, typer.Option(help="Checkpoints and metrics go here")],
+    val_manifest: ValManifest = None,
+    val_fraction: ValFraction = None,
+    config: TrainConfig,  # a flag per field, here: config.py states their defaults and help
+    resume: Annotated[Optional[Path], typer.Option(help="Checkpoint folder, or a run's --output-dir")] = None,
+    cache_dir: CacheDir = None,
+):
+    """Train one adapter (the seed guide's trainer)."""
+    from ..checkpoint import latest_checkpoint
+    from ..data import load_data
+    from ..display import TrainProgressBar, console
+    from ..runtime import resolve_device
+    from ..trainer import train as run_training
+
+    resolve_device(config.device)
+    resume_from = latest_checkpoint(resume) if resume is not None else None
+    data = load_data(manifest, val_manifest, val_fraction, cache_dir)
+    console.print(
+        f"{len(data.train)} training clips, {len(data.val)} validation clips, "
+        f"{data.train.layout()} targets; checkpoints in {output_dir}"
+    )
+    metrics_log = Path(output_dir) / "metrics.jsonl"
+
+    def log_epoch(metrics, checkpoint):
+        metrics_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(metrics_log, "a") as f:
+            f.write(json.dumps({**metrics, "checkpoint": str(checkpoint) if checkpoint else None}) + "\n")
+
+    with TrainProgressBar() as bar:
+        result = run_training(config, data, report=log_epoch, progress=bar,
+                              output_dir=output_dir, resume_from=resume_from)
+    if result.best is not None:
+        console.print(f"best val_l1 {result.best['val_l1']:.4f} at epoch {result.best['epoch']}")
+    if result.best_checkpoint is not None:
+        saved = result.best_checkpoint_metrics
+        console.print(f"best saved checkpoint (epoch {saved['epoch']}, val_l1 {saved['val_l1']:.4f}): "
+                      f"{result.best_checkpoint}", soft_wrap=True)
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder for clips/, train.json, val.json")],
+    dims: Annotated[str, typer.Option(help="tiny or infinitetalk")] = "tiny",
+    layout: Annotated[str, typer.Option(help="frame ([T, K, D] targets) or latent ([n_lat, K, D])")] = "frame",
+    train_clips: int = 160,
+    val_clips: int = 32,
+    min_frames: int = 21,
+    max_frames: int = 81,
+    seed: int = 0,
+    teacher_window: Annotated[int, typer.Option(help="The teacher adapter's W (odd)")] = 5,
+    teacher_scale: Annotated[int, typer.Option(help="The teacher adapter's S")] = 4,
+    label_noise: Annotated[float, typer.Option(help="Gaussian noise on the training targets, relative to their std")] = 0.0,
+):
+    """Write a seeded synthetic teacher/student dataset."""
+    from ..display import console
+    from ..synth import SynthSpec, write_synth
+
+    spec = SynthSpec(dims=dims, layout=layout, train_clips=train_clips, val_clips=val_clips,
+                     min_frames=min_frames, max_frames=max_frames, seed=seed,
+                     teacher_window=teacher_window, teacher_scale=teacher_scale, label_noise=label_noise)
+    if (out / "train.json").exists():
+        raise UserError(f"{out} already holds a dataset (train.json): choose another --out or delete it")
+    with console.status(f"writing {train_clips + val_clips} clips"):
+        manifests = write_synth(out, spec)
+    console.print(f"train: {manifests['train']}\nval:   {manifests['val']}")
+
+
+def check(
+    manifest: Annotated[Path, typer.Argument(help="Manifest to validate")],
+    cache_dir: CacheDir = None,
+):
+    """Validate a manifest's clips, pack them, and summarise them."""
+    from ..data import pack_manifest, read_manifest
+    from ..display import console, pack_summary
+
+    entries = read_manifest(manifest)
+    with console.status(f"validating {len(entries)} clips"):
+        pack = pack_manifest(entries, str(manifest), cache_dir)
+    console.print(pack_summary(pack, f"{manifest}: valid"))
+
+
+def extract(
+    audio_dir: Annotated[Path, typer.Option(help="Folder of speech .wav files (subfolders too)")],
+    wav2vec_dir: Annotated[Path, typer.Option(help="Local wav2vec2 folder, e.g. weights/chinese-wav2vec2-base")],
+    teacher: Annotated[Path, typer.Option(help="InfiniteTalk weights holding audio_proj.*, e.g. weights/InfiniteTalk/single/infinitetalk.safetensors")],
+    out: Annotated[Path, typer.Option(help="Dataset folder: clips/, train.json (val.json)")],
+    layout: Annotated[str, typer.Option(help="latent ([n_lat, K, D] tokens, as InfiniteTalk emits) or frame ([T, K, D])")] = "latent",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    val_fraction: Annotated[Optional[float], typer.Option(help="Also write val.json with this fraction of clips (by path hash)")] = None,
+):
+    """WAV files -> InfiniteTalk's wav2vec2 frame embeddings + its adapter's tokens, and manifests."""
+    try:
+        from ..extract import ExtractConfig, extract as run_extract
+        from ..extract_view import ExtractProgressBar, extract_summary, skipped_table
+        from ..wav2vec import quiet_transformers
+    except ImportError as exc:
+        raise UserError(
+            f"tune-adapter extract needs the [extract] extra ({exc.name} is missing): "
+            'pip install -e ".[extract]"'
+        ) from None
+    from ..display import console
+
+    quiet_transformers()
+    config = ExtractConfig(audio_dir=audio_dir, wav2vec_dir=wav2vec_dir, teacher=teacher, out=out,
+                           layout=layout, device=device, val_fraction=val_fraction)
+    with ExtractProgressBar() as bar:
+        result = run_extract(config, bar)
+    console.print(extract_summary(result))
+    if result.skipped:
+        console.print(skipped_table(result))
