@@ -202,6 +202,12 @@ def test_dims_need_l_times_c(tmp_path):
         initial.dims()
     with pytest.raises(ConfigError, match="do not fit L 2 x C 4"):
         initial.dims(2, 4)
+    # Without a norm only K*D is stored: D must come from the data.
+    model = random_adapter(AdapterDims(**{**DIMS.to_json(), "norm_output_audio": False}), 1)
+    bare = read_initial_adapter(write_infinitetalk(tmp_path / "bare.safetensors", model))
+    with pytest.raises(ConfigError, match="only K\\*D = 8"):
+        bare.dims(2, 3)
+    assert bare.dims(2, 3, output_dim=2).context_tokens == 4
 
 
 def test_synth_writes_a_seeded_released_adapter(synth_small, tmp_path):

@@ -96,13 +96,21 @@ class InitialAdapter:
         if layers is None or channels is None:
             raise ConfigError(f"{FLAG} {self.path}: W and S need the data's L and C (only "
                               f"W*L*C = {self.first_in} is stored): give them")
+        d = self.output_dim if self.norm_output_audio else (output_dim or self.output_dim)
+        if not d:
+            raise ConfigError(f"{FLAG} {self.path}: the adapter has no norm, so only K*D = "
+                              f"{self.tokens_width} ({self.name('proj3.weight')}) is stored: give D")
+        if self.tokens_width % d:
+            raise ConfigError(f"{FLAG} {self.path}: {self.name('proj3.weight')} makes K*D = "
+                              f"{self.tokens_width}, not a multiple of D {d}: use targets of "
+                              "the adapter's teacher")
         dims = self.solve(layers, channels, output_dim)
         if dims is None:
             raise ConfigError(
                 f"{FLAG} {self.path}: {self.name('proj1.weight')} takes {self.first_in} inputs "
                 f"and {self.name('proj1_vf.weight')} {self.latter_in}, which do not fit "
-                f"L {layers} x C {channels}, or K*D {self.tokens_width} not D {output_dim}: use "
-                "features from the wav2vec2 model the adapter was trained with"
+                f"L {layers} x C {channels}: use features from the wav2vec2 model the adapter "
+                "was trained with"
             )
         return dims
 
