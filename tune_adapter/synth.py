@@ -7,6 +7,9 @@ with the right window can match the teacher exactly and a search has a real opti
 find. Per-frame targets repeat each latent's tokens over the frames that latent covers.
 `label_noise` adds Gaussian noise to the training targets only (validation stays the
 teacher's own tokens), as a less than perfect teacher would.
+
+`infinitetalk.safetensors` stands in for InfiniteTalk's weights file: the teacher's adapter,
+perturbed, as a "released" adapter to fine-tune from (`--init-from`) without downloads.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from .adapter import AdapterDims, AudioProjModel
 from .errors import ConfigError
@@ -30,6 +34,17 @@ DIMS = {
 LAYOUTS = ("frame", "latent")
 SMOOTHNESS = 0.9  # AR(1) coefficient between consecutive frames
 SIGNAL_RANK = 4  # directions the frame embeddings move in
+RELEASED_FILE = "infinitetalk.safetensors"
+# Noise on the released adapter's tensors, relative to each tensor's std: a start far
+# better than a random init, still well short of the teacher.
+RELEASED_NOISE = 0.25
+# Stand-ins for the DiT's own tensors around `audio_proj.*`, in the dtypes a real file mixes.
+RELEASED_OTHERS = {
+    "patch_embedding.weight": ((8, 4, 1, 2, 2), torch.bfloat16),
+    "blocks.0.audio_cross_attn.q_linear.weight": ((6, 6), torch.bfloat16),
+    "blocks.0.norm3.bias": ((7,), torch.float32),
+    "head.modulation": ((1, 2, 6), torch.float16),
+}
 
 
 @dataclass(frozen=True)
@@ -111,8 +126,37 @@ def add_label_noise(tokens: torch.Tensor, relative_std: float, gen: torch.Genera
     return tokens + torch.randn(tokens.shape, generator=gen) * relative_std * tokens.std()
 
 
+def released_adapter(teacher: AudioProjModel, seed: int,
+                     relative_noise: float = RELEASED_NOISE) -> dict[str, torch.Tensor]:
+    """The teacher's tensors plus seeded Gaussian noise of `relative_noise` times each one's
+    std, under AudioProjModel's keys; tensors without spread (zero biases, the norm's ones
+    and zeros) stay as they are."""
+    gen = torch.Generator().manual_seed(30_011 + seed)
+    released = {}
+    for name, tensor in teacher.state_dict().items():
+        tensor = tensor.detach().float()
+        spread = tensor.std() if tensor.numel() > 1 else torch.zeros(())
+        noise = torch.randn(tensor.shape, generator=gen) * relative_noise * spread
+        released[name] = (tensor + noise).contiguous()
+    return released
+
+
+def write_released(path: Path, teacher: AudioProjModel, seed: int) -> Path:
+    """`released_adapter` as InfiniteTalk's weights file has it: `audio_proj.*` keys among
+    a few unrelated tensors."""
+    gen = torch.Generator().manual_seed(40_009 + seed)
+    tensors = {name: torch.randn(shape, generator=gen).to(dtype)
+               for name, (shape, dtype) in RELEASED_OTHERS.items()}
+    tensors.update({f"audio_proj.{k}": v for k, v in released_adapter(teacher, seed).items()})
+    # One metadata key: safetensors writes several in no fixed order, and the file's bytes
+    # would then differ from one run to the next.
+    save_file(tensors, path, metadata={"format": "pt"})
+    return path
+
+
 def write_synth(out: Path, spec: SynthSpec) -> dict[str, Path]:
-    """Write clips and `train.json`, `val.json`, `synth.json` under `out`."""
+    """Write clips, `train.json`, `val.json`, `synth.json` and the released adapter
+    (`infinitetalk.safetensors`) under `out`; returns the manifests and "released"."""
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     dims = spec.adapter_dims()
@@ -138,4 +182,4 @@ def write_synth(out: Path, spec: SynthSpec) -> dict[str, Path]:
         manifests[split] = out / f"{split}.json"
         manifests[split].write_text(json.dumps(entries, indent=1))
     (out / "synth.json").write_text(json.dumps({**asdict(spec), "teacher_dims": dims.to_json()}, indent=1))
-    return manifests
+    return {**manifests, "released": write_released(out / RELEASED_FILE, teacher, spec.seed)}
