@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tune_adapter.cli import app
@@ -43,6 +44,7 @@ def test_every_flag_of_the_guide_is_accepted(tmp_path, synth_small):
     assert not (out / "checkpoints" / "epoch_0001").exists()
 
 
+@pytest.mark.slow
 def test_resume_from_an_output_dir(tmp_path, synth_small):
     out = tmp_path / "out"
     base = ["train", "--manifest", str(synth_small["train"]), "--output-dir", str(out), "--lr", "1e-3"]

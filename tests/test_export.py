@@ -146,6 +146,7 @@ def test_merge_refuses_a_file_without_audio_proj(tmp_path):
         merge_into(export, tmp_path / "other.safetensors", tmp_path / "m.safetensors")
 
 
+@pytest.mark.slow
 def test_cli_export_of_a_training_run_and_merge(tmp_path, synth_small):
     run = tmp_path / "run"
     trained = runner.invoke(app, ["train", "--manifest", str(synth_small["train"]), "--output-dir", str(run),

@@ -31,6 +31,7 @@ def test_trainer_does_not_import_ray():
     assert "import ray" not in source and "from ray" not in source
 
 
+@pytest.mark.slow
 def test_reports_every_epoch_with_a_complete_checkpoint(small_data, tmp_path):
     reports = []
 
@@ -50,6 +51,7 @@ def test_reports_every_epoch_with_a_complete_checkpoint(small_data, tmp_path):
     assert kept == sorted({result.best_checkpoint.name, result.last_checkpoint.name})
 
 
+@pytest.mark.slow
 def test_retired_checkpoints_are_written_over_and_given_spares_outlive_the_run(small_data, tmp_path):
     from tune_adapter.spare_files import SparePool
 
@@ -66,6 +68,7 @@ def test_retired_checkpoints_are_written_over_and_given_spares_outlive_the_run(s
     assert spares.spares()
 
 
+@pytest.mark.slow
 def test_deterministic_on_cpu(small_data, tmp_path):
     a = train(TrainConfig(**SMALL), small_data, output_dir=tmp_path / "a")
     b = train(TrainConfig(**SMALL), small_data, output_dir=tmp_path / "b")
@@ -76,6 +79,7 @@ def test_deterministic_on_cpu(small_data, tmp_path):
     assert c.history[-1]["val_l1"] != a.history[-1]["val_l1"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(small_data, tmp_path):
     straight = train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, output_dir=tmp_path / "s")
     train(TrainConfig(**{**SMALL, "epochs": 2}), small_data, output_dir=tmp_path / "r")
@@ -96,6 +100,7 @@ def test_resume_refuses_other_dims(small_data, tmp_path):
               resume_from=tmp_path / "checkpoints" / "epoch_0001")
 
 
+@pytest.mark.slow
 def test_learns_the_synthetic_teacher(synth_frame):
     """On tiny dims, val_l1 falls below half its first-epoch value within 10 epochs."""
     data = load_data(synth_frame["train"], synth_frame["val"])

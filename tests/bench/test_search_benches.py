@@ -3,6 +3,8 @@
 import math
 from pathlib import Path
 
+import pytest
+
 from tune_adapter.search import SearchOptions
 from tune_adapter.bench.asha import asha_sections, compare_asha
 from tune_adapter.bench.search import measure_search, search_sections
@@ -14,6 +16,7 @@ def rows_of(sections):
     return {row.name: row.value for section in sections for row in section.rows}
 
 
+@pytest.mark.slow
 def test_asha_against_no_pruning_trains_the_same_configurations(tmp_path, synth_small):
     options = SearchOptions(space=ROOT / "search_spaces" / "tiny.py", manifest=synth_small["train"],
                             val_manifest=synth_small["val"], num_samples=3, max_epochs=2,
@@ -27,6 +30,7 @@ def test_asha_against_no_pruning_trains_the_same_configurations(tmp_path, synth_
     assert rows["ASHA epochs / unpruned epochs"] == result.asha.epochs / 6
 
 
+@pytest.mark.slow
 def test_search_cost_is_measured_from_real_trial_processes(tmp_path, synth_small):
     options = SearchOptions(space=ROOT / "search_spaces" / "bench.py", manifest=synth_small["train"],
                             val_manifest=synth_small["val"], num_samples=2, max_epochs=2, grace_period=2,
@@ -40,6 +44,7 @@ def test_search_cost_is_measured_from_real_trial_processes(tmp_path, synth_small
     assert 0 < rows["outside the trainers"] < 100
 
 
+@pytest.mark.slow
 def test_search_quality_runs_every_method_and_compares_them(tmp_path):
     """bench --quality end to end on one small task, one epoch: the wiring, not the figures."""
     from tune_adapter.bench.quality import FRAME_GRID, QualityTask, bench_quality, quality_sections

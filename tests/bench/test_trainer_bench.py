@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -22,6 +23,7 @@ ROWS = [
 ]
 
 
+@pytest.mark.slow
 def test_bench_reports_every_row_with_a_positive_finite_value(tmp_path):
     report = run_bench(BenchSpec(dims="tiny", frames=21, steps=2, warmup=1, mixed_clips=64),
                        work_dir=tmp_path)
@@ -33,6 +35,7 @@ def test_bench_reports_every_row_with_a_positive_finite_value(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the synthetic data is removed
 
 
+@pytest.mark.slow
 def test_bench_command_prints_the_table():
     result = CliRunner().invoke(app, ["bench", "--dims", "tiny", "--frames", "13", "--steps", "2",
                                       "--no-mixed-precision"], env={"COLUMNS": "220"})

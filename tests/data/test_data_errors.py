@@ -230,6 +230,7 @@ def test_bad_flags(flags, needle, tmp_path, synth_small):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_installed_command_prints_no_traceback(tmp_path):
     """The real console script, in its own process: one line, exit code 2."""
     manifest = write_manifest(tmp_path, "not json")

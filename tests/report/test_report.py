@@ -150,6 +150,7 @@ def test_pruned_trials_are_marked_where_they_stopped(fake):
     assert "pruned by ASHA" in legend and f"best: {best.trial_id}" in legend
 
 
+@pytest.mark.slow
 def test_param_axes_follow_the_distributions(tmp_path):
     # "train-loss": a param name that is no Python identifier still gets its column and panel.
     distributions = {**DISTRIBUTIONS, "train-loss": CategoricalDistribution(["l1", "mse", "smooth_l1"])}
@@ -164,6 +165,7 @@ def test_param_axes_follow_the_distributions(tmp_path):
     assert "<th>train-loss</th>" in html and "train-loss " in html  # table and importances
 
 
+@pytest.mark.slow
 def test_too_few_completed_trials_give_a_sentence_not_a_chart(tmp_path):
     made = write_fake_experiment(tmp_path, trials=2)
     assert sum(t.status == "completed" for t in made) < 3
@@ -172,12 +174,14 @@ def test_too_few_completed_trials_give_a_sentence_not_a_chart(tmp_path):
     assert "Importances need at least 3 completed trials" in html
 
 
+@pytest.mark.slow
 def test_one_varying_param_gives_a_sentence(tmp_path):
     write_fake_experiment(tmp_path, trials=8, distributions={"lr": DISTRIBUTIONS["lr"]})
     importances = param_importances(load_experiment(tmp_path))
     assert importances.values == {} and "only lr varies" in importances.note
 
 
+@pytest.mark.slow
 def test_constant_param_is_left_out_of_importances(tmp_path):
     distributions = {**DISTRIBUTIONS, "batch_size": IntDistribution(4, 4)}
     write_fake_experiment(tmp_path, trials=10, distributions=distributions)
@@ -187,6 +191,7 @@ def test_constant_param_is_left_out_of_importances(tmp_path):
     assert "batch_size" in importances.note
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report_of_the_latest_experiment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     older, newer = Path("results/older"), Path("results/newer")
@@ -200,6 +205,7 @@ def test_cli_writes_the_report_of_the_latest_experiment(tmp_path, monkeypatch):
     assert "report: results/older/report.html" in result.output
 
 
+@pytest.mark.slow
 def test_cli_takes_experiment_and_out(tmp_path):
     write_fake_experiment(tmp_path / "exp", trials=4)
     out = tmp_path / "site" / "search.html"
@@ -238,6 +244,7 @@ def report_text(parsed: ReportParser) -> str:
     return "".join(parsed.text)
 
 
+@pytest.mark.slow
 def test_a_running_trial_is_shown_and_kept_out_of_importances(tmp_path):
     made = write_fake_experiment(tmp_path, trials=8)
     store = TrialStore(tmp_path, load_experiment(tmp_path).info)
@@ -254,6 +261,7 @@ def test_a_running_trial_is_shown_and_kept_out_of_importances(tmp_path):
     assert f"{len(made) + 1}: " in html and "1 running" in html
 
 
+@pytest.mark.slow
 def test_the_baseline_is_marked_and_compared_with_the_winner(tmp_path):
     folder = tmp_path / "with-baseline"
     baseline = {"lr": 1e-5, "batch_size": 2, "audio_window": 9, "weight_decay": 0.01}  # a poor one

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "search_spaces" / "tiny.py"
 
 
+@pytest.mark.slow
 def test_quarter_gpu_trials_run_four_at_a_time(tmp_path, synth_small, monkeypatch):
     """One logical GPU on this CPU machine: trials asking 0.25 GPU run four at once."""
     from tests.support.trainables import barrier_trial
@@ -61,6 +62,7 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 120) ->
     raise AssertionError(f"the Ray head did not listen on port {port} (exit code {process.poll()})")
 
 
+@pytest.mark.slow
 def test_address_joins_a_running_head(tmp_path, synth_small):
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
     port = free_port()
@@ -96,6 +98,7 @@ def finished_rows(folder: Path):
     return trials[trials["status"].isin(["completed", "pruned", "error"])]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_runs_every_trial_once(tmp_path, synth_frame):
     storage = tmp_path / "results"
     command = [sys.executable, "-m", "tune_adapter", "search", "--space", str(TINY),

@@ -51,6 +51,7 @@ def test_a_trial_that_fits_a_node_is_let_through(resources):
     check_fits(resources, [{"CPU": 1}, {"CPU": 2, "GPU": 1}])
 
 
+@pytest.mark.slow
 def test_half_a_gpu_on_a_cluster_without_gpus_is_refused_before_any_trial(tmp_path, synth_small):
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
@@ -92,6 +93,7 @@ def told_to_optuna(experiment_dir: Path, info) -> dict[int, str]:
     return {t.number: t.state.name for t in searcher._ot_study.trials}
 
 
+@pytest.mark.slow
 def test_gpu_shares_cap_memory_release_it_and_out_of_memory_is_an_error(tmp_path, synth_small):
     """On a faked CUDA machine with one logical Ray GPU: half-GPU trials train on cuda capped
     at half its memory and release the cache after; batch size 8 runs out of memory and ends

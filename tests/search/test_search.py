@@ -29,6 +29,7 @@ def options(tmp_path, synth, **overrides) -> SearchOptions:
     return SearchOptions(**values)
 
 
+@pytest.mark.slow
 def test_a_search_writes_one_row_per_trial(tmp_path, synth_small):
     outcome = run_search(options(tmp_path, synth_small, num_samples=5))
     assert outcome.complete
@@ -54,6 +55,7 @@ def test_a_search_writes_one_row_per_trial(tmp_path, synth_small):
     assert epochs["val_l1"].notna().all() and epochs["step"].dtype.kind == "i"
 
 
+@pytest.mark.slow
 def test_the_study_holds_every_epoch_and_the_baseline_runs_first_and_whole(tmp_path, synth_small):
     from optuna.trial import TrialState
 
@@ -80,6 +82,7 @@ def test_the_study_holds_every_epoch_and_the_baseline_runs_first_and_whole(tmp_p
     assert {k: row[k] for k in load_space(TINY).baseline} == load_space(TINY).baseline
 
 
+@pytest.mark.slow
 def test_no_baseline_turns_it_off(tmp_path, synth_small):
     outcome = run_search(options(tmp_path, synth_small, num_samples=2, max_epochs=1, baseline=False))
     assert not read_trials(outcome.experiment_dir)["baseline"].any()
@@ -96,6 +99,7 @@ def test_an_existing_experiment_needs_resume(tmp_path, synth_small):
         run_search(options(tmp_path, synth_small, resume=True, name="other"))
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_retried_then_recorded(tmp_path, synth_small):
     outcome = run_search(options(tmp_path, synth_small, num_samples=6, max_failures=2), trainable=flaky_trial)
     trials = read_trials(outcome.experiment_dir)
@@ -111,6 +115,7 @@ def test_a_failing_trial_is_retried_then_recorded(tmp_path, synth_small):
         assert sum(p.name.startswith(trial_id) for p in attempts) == 3  # 1 + max_failures
 
 
+@pytest.mark.slow
 def test_default_space_runs_on_the_quickstart_data(tmp_path):
     """No --manifest: the synthetic dataset is made once under the storage folder."""
     opts = SearchOptions(space=ROOT / "search_spaces" / "default.py", storage=tmp_path / "results",
@@ -121,6 +126,7 @@ def test_default_space_runs_on_the_quickstart_data(tmp_path):
     assert len(read_epochs(outcome.experiment_dir)) == 2
 
 
+@pytest.mark.slow
 def test_search_results_and_best_commands(tmp_path, synth_small):
     import io
     import json
