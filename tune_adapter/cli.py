@@ -461,4 +461,9 @@ def bench_faults_command(work_dir: Path) -> None:
 
 
 def main() -> None:
+    # Where the process starts, before torch allocates (cpu_tuning.py): CPU tuning's huge
+    # pages, also inherited by a local Ray's workers.
+    from .cpu_tuning import request_huge_pages
+
+    request_huge_pages()
     app()

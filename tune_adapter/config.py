@@ -32,9 +32,11 @@ class TrainConfig:
     # Where and how it runs.
     device: str = "auto"
     num_workers: int = 0
-    # Keep freed memory in the heap for the next step (memory.keep_freed_memory): a faster
-    # CPU step for about 200 MB more resident memory. Searches running trials side by side
-    # turn it off; TUNE_ADAPTER_KEEP_FREED_MEMORY=0/1 overrides either way.
+    # CPU tuning (cpu_tuning.py) for runs on the CPU; no effect on a GPU.
+    cpu_tuning: bool = True
+    # Part of it: keep freed memory in the heap for the next step, a faster CPU step for
+    # more resident memory. Searches running trials side by side turn it off;
+    # TUNE_ADAPTER_KEEP_FREED_MEMORY=0/1 overrides either way.
     keep_freed_memory: bool = True
     save_every: int = 1
     # The last epoch's checkpoint keeps AdamW's moments, so the run can be continued. A

@@ -32,7 +32,7 @@ FLAG_CONSTANTS = ("NUM_SAMPLES", "MAX_EPOCHS", "GRACE_PERIOD", "REDUCTION_FACTOR
                   "CPUS_PER_TRIAL", "GPUS_PER_TRIAL", "MAX_CONCURRENT", "MAX_FAILURES", "SEED")
 SEARCHABLE = tuple(f.name for f in fields(TrainConfig)
                    if f.name not in ("epochs", "device", "num_workers", "save_every", "log_every",
-                                     "keep_freed_memory", "moments_in_last_checkpoint"))
+                                     "cpu_tuning", "keep_freed_memory", "moments_in_last_checkpoint"))
 PROBE_RUNS = 64
 
 

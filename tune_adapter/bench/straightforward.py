@@ -6,7 +6,7 @@ latent the way InfiniteTalk's code does, take the loss as its definition reads, 
 float32, and step an unfused AdamW. `bench` runs it with PyTorch's default memory settings
 (no huge pages, glibc's default malloc), as such a script would run; it also times it
 with this package's settings, so the two ratios show what those settings are worth.
-Its numbers are the baseline of the "fast / straightforward" ratio in README.md, Performance.
+Its numbers are the baseline of the "fast / straightforward" ratio in docs/performance.md.
 """
 
 from __future__ import annotations
