@@ -3,7 +3,8 @@ import math
 import torch
 from typer.testing import CliRunner
 
-from tune_adapter.bench.trainer import BenchSpec, padding_fractions, run_bench, step_products
+from tune_adapter.bench.floor import step_products
+from tune_adapter.bench.trainer import BenchSpec, padding_fractions, run_bench
 from tune_adapter.cli import app
 from tune_adapter.loss import masked_loss
 from tune_adapter.bench.straightforward import literal_l1_loss, per_frame_windows, regroup

@@ -1,9 +1,8 @@
 """`tune-adapter bench`: how fast the trainer is, against its floor and a naive trainer.
 
 Each measurement runs in a fresh process, so its peak RSS (`ru_maxrss`) is its own:
-- fast: the real trainer (`Run`), step timed phase by phase with its own methods;
-- floor: the same step's matrix products alone (same shapes, same precision) plus one
-  fused AdamW step over the same number of parameters;
+- fast: the real trainer (`Run.train_step`), its phases timed by torch.profiler;
+- floor: the same step's matrix products alone (floor.py) plus the step's fused AdamW;
 - straightforward: `straightforward.StraightforwardTrainer` on the same clips.
 Padding is computed in-process: one epoch of the batch sampler over mixed lengths, with
 and without length bucketing.
@@ -20,7 +19,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from unittest import mock
@@ -32,11 +31,12 @@ from torch.profiler import ProfilerActivity, profile
 from ..adapter import AdapterDims, AudioProjModel
 from ..config import TrainConfig
 from ..data import BatchSampler, load_data, padded_fraction, read_manifest
-from ..errors import ConfigError
 from .. import cpu_tuning
+from ..errors import ConfigError
 from ..runtime import resolve_runtime
 from ..synth import SynthSpec, write_synth
 from ..windows import WindowSpec, n_latents
+from .floor import WEIGHT_LAYERS, clock, floor_operands, multiply, step_operands, time_step_products
 from .report import MB, BenchReport, Row, Section, verdict
 from .straightforward import StraightforwardTrainer
 
@@ -136,17 +136,6 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def clock(device: torch.device) -> float:
-    """Seconds, once the device has finished what was queued (CUDA runs asynchronously)."""
-    synchronize(device)
-    return time.perf_counter()
-
-
 # --- the real trainer ---------------------------------------------------------------
 
 def open_data(folder: Path):
@@ -222,90 +211,6 @@ def endless(loader):
 
 # --- the floor ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Product:
-    """`a @ b` as one of the step's products: shapes of a and b."""
-
-    a: tuple[int, int]
-    b: tuple[int, int]
-
-
-def step_products(dims: AdapterDims, batch: int, n_latter: int) -> list[Product]:
-    """Every matrix product of one training step: forward, weight and input gradients.
-
-    The adapter's inputs need no gradient, so proj1 and proj1_vf have none for them.
-    """
-    frame = dims.layers * dims.channels
-    first_rows = batch
-    latter_rows = batch * n_latter
-    rows = first_rows + latter_rows
-    inter, out = dims.intermediate_dim, dims.context_tokens * dims.output_dim
-    layers = [(first_rows, dims.first_width * frame, inter, False),
-              (latter_rows, dims.latter_width * frame, inter, False),
-              (rows, inter, inter, True), (rows, inter, out, True)]
-    products = []
-    for n, k, m, input_grad in layers:
-        products.append(Product((n, k), (k, m)))  # forward: x @ W^T
-        products.append(Product((m, n), (n, k)))  # weight gradient: dy^T @ x
-        if input_grad:
-            products.append(Product((n, m), (m, k)))  # input gradient: dy @ W
-    return products
-
-
-# For each product of `step_products`: the layer whose weight is its right operand, and
-# whether transposed (forward: x @ W^T; input gradient: dy @ W); None: no weight in it.
-PRODUCT_WEIGHTS = [("proj1", True), None, ("proj1_vf", True), None,
-                   ("proj2", True), None, ("proj2", False), ("proj3", True), None, ("proj3", False)]
-# The layer whose input x is an operand of each product (forward: a; weight gradient: b).
-PRODUCT_INPUTS = ["proj1", "proj1", "proj1_vf", "proj1_vf", None, None, None, None, None, None]
-WEIGHT_LAYERS = ("proj1", "proj1_vf", "proj2", "proj3")
-
-
-
-def step_operands(dims: AdapterDims, batch: int, n_latter: int, weights: dict, dtype,
-                  device, inputs: dict | None = None) -> list[tuple]:
-    """Operands `(a, b, out)` of `step_products`: the layers' own weights where a weight is
-    used; the batch's own inputs of proj1 and proj1_vf where given (`inputs`, by layer);
-    outputs made and written here, so a product's time is its arithmetic alone, with no
-    fresh output memory to fault in."""
-    inputs = inputs or {}
-    triples = []
-    for product, uses, x_of in zip(step_products(dims, batch, n_latter), PRODUCT_WEIGHTS, PRODUCT_INPUTS):
-        x = inputs.get(x_of)
-        a = x if x is not None and uses is not None else torch.randn(product.a, device=device, dtype=dtype)
-        if uses is None:
-            b = x if x is not None else torch.randn(product.b, device=device, dtype=dtype)
-        else:
-            weight = weights[uses[0]].to(dtype)
-            b = weight.t() if uses[1] else weight
-        triples.append((a, b, torch.zeros(product.a[0], product.b[1], device=device, dtype=dtype)))
-    return triples
-
-
-def multiply(triples) -> None:
-    for a, b, out in triples:
-        torch.mm(a, b, out=out)
-
-
-def floor_operands(run, batch):
-    dims, device = run.dims, run.runtime.device
-    weights = {name: getattr(run.model, name).weight.detach() for name in WEIGHT_LAYERS}
-    # CUDA autocast multiplies bf16 copies; time the products on bf16 tensors, not the casts.
-    dtype = run.runtime.autocast_dtype or torch.float32
-    inputs = {"proj1": batch.first.reshape(batch.size, -1).to(dtype),
-              "proj1_vf": batch.latter.reshape(-1, batch.latter[0, 0].numel()).to(dtype)}
-    return step_operands(dims, batch.size, batch.latter.shape[1], weights, dtype, device, inputs)
-
-
-def time_step_products(run, triples) -> float:
-    """One pass over the step's products with the run's weights, in the step's precision."""
-    device = run.runtime.device
-    started = clock(device)
-    with run.runtime.autocast():
-        multiply(triples)
-    return clock(device) - started
-
-
 def measure_bf16_products(spec: BenchSpec, repeats: int = 7) -> float:
     """Time of the step's products on bf16 tensors over their time in the step's precision.
 
@@ -378,7 +283,7 @@ def model_state_bytes(dims: AdapterDims) -> int:
     return 4 * 4 * count
 
 
-def describe_machine(device: str, huge_pages: bool) -> str:
+def describe_machine(device: str, huge_pages: bool = False) -> str:
     import platform
 
     if device.startswith("cuda") and torch.cuda.is_available():
