@@ -157,7 +157,7 @@ def measure_fast(spec: BenchSpec, folder: Path) -> TrainerResult:
     device = run.runtime.device
     run.model.train()
     batches = endless(run.train_loader)
-    gathers, steps, products, adamw_ranges = [], [], [], []
+    gathers, steps, products = [], [], []
     for _ in range(spec.warmup):
         run.train_step(next(batches).to(device, non_blocking=True))
     with profile(activities=profiler_activities(device)) as prof:
@@ -194,14 +194,15 @@ def profiler_activities(device: torch.device) -> list:
 
 def phase_seconds(prof, device: torch.device) -> dict[str, list[float]]:
     """Seconds of each phase, step by step: on a GPU, the span of the range's kernels
-    (the CPU only queues them); on the CPU, the range itself."""
-    wanted = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
-    spans: dict[str, list] = {name: [] for name in PHASES}
+    (the CPU only queues them) where the profiler recorded it; else the range itself."""
+    spans: dict = {kind: {name: [] for name in PHASES} for kind in (DeviceType.CPU, DeviceType.CUDA)}
     for event in prof.events():
-        if event.name in spans and event.device_type == wanted:
-            spans[event.name].append(event.time_range)
+        if event.name in PHASES and event.device_type in spans:
+            spans[event.device_type][event.name].append(event.time_range)
+    kernels = spans[DeviceType.CUDA]
+    chosen = kernels if device.type == "cuda" and all(kernels.values()) else spans[DeviceType.CPU]
     return {name: [r.elapsed_us() / 1e6 for r in sorted(ranges, key=lambda r: r.start)]
-            for name, ranges in spans.items()}
+            for name, ranges in chosen.items()}
 
 
 def endless(loader):
