@@ -56,6 +56,8 @@ def step_products(dims: AdapterDims, batch: int, n_latter: int) -> list[Product]
 # whether transposed (forward: x @ W^T; input gradient: dy @ W); None: no weight in it.
 PRODUCT_WEIGHTS = [("proj1", True), None, ("proj1_vf", True), None,
                    ("proj2", True), None, ("proj2", False), ("proj3", True), None, ("proj3", False)]
+# The layer whose weight gradient each product is (None: not a weight gradient).
+PRODUCT_GRADIENTS = [None, "proj1", None, "proj1_vf", None, "proj2", None, None, "proj3", None]
 # The layer whose input x is an operand of each product (forward: a; weight gradient: b).
 PRODUCT_INPUTS = ["proj1", "proj1", "proj1_vf", "proj1_vf", None, None, None, None, None, None]
 WEIGHT_LAYERS = ("proj1", "proj1_vf", "proj2", "proj3")
@@ -63,14 +65,16 @@ WEIGHT_LAYERS = ("proj1", "proj1_vf", "proj2", "proj3")
 
 
 def step_operands(dims: AdapterDims, batch: int, n_latter: int, weights: dict, dtype,
-                  device, inputs: dict | None = None) -> list[tuple]:
+                  device, outputs: dict | None = None, inputs: dict | None = None) -> list[tuple]:
     """Operands `(a, b, out)` of `step_products`: the layers' own weights where a weight is
     used; the batch's own inputs of proj1 and proj1_vf where given (`inputs`, by layer);
-    outputs made and written here, so a product's time is its arithmetic alone, with no
-    fresh output memory to fault in."""
-    inputs = inputs or {}
+    for a weight gradient, the tensor the trainer writes it into (`outputs`, by layer)
+    where it has one, else a tensor made here. A product's time is then its arithmetic
+    alone, with no fresh output memory to fault in, and the floor adds little memory."""
+    outputs, inputs = outputs or {}, inputs or {}
     triples = []
-    for product, uses, x_of in zip(step_products(dims, batch, n_latter), PRODUCT_WEIGHTS, PRODUCT_INPUTS):
+    for product, uses, grad_of, x_of in zip(step_products(dims, batch, n_latter), PRODUCT_WEIGHTS,
+                                            PRODUCT_GRADIENTS, PRODUCT_INPUTS):
         x = inputs.get(x_of)
         a = x if x is not None and uses is not None else torch.randn(product.a, device=device, dtype=dtype)
         if uses is None:
@@ -78,13 +82,22 @@ def step_operands(dims: AdapterDims, batch: int, n_latter: int, weights: dict, d
         else:
             weight = weights[uses[0]].to(dtype)
             b = weight.t() if uses[1] else weight
-        triples.append((a, b, torch.zeros(product.a[0], product.b[1], device=device, dtype=dtype)))
+        out = outputs.get(grad_of)
+        if out is None or out.dtype != dtype:
+            out = torch.empty(product.a[0], product.b[1], device=device, dtype=dtype)
+        triples.append((a, b, out))
     return triples
 
 
 def multiply(triples) -> None:
     for a, b, out in triples:
         torch.mm(a, b, out=out)
+
+
+def gradient_buffers(model) -> dict:
+    """The step's weight gradients, by layer (spent once the optimizer has stepped)."""
+    return {name: getattr(model, name).weight.grad for name in WEIGHT_LAYERS
+            if getattr(model, name).weight.grad is not None}
 
 
 def floor_operands(run, batch):
@@ -94,7 +107,8 @@ def floor_operands(run, batch):
     dtype = run.runtime.autocast_dtype or torch.float32
     inputs = {"proj1": batch.first.reshape(batch.size, -1).to(dtype),
               "proj1_vf": batch.latter.reshape(-1, batch.latter[0, 0].numel()).to(dtype)}
-    return step_operands(dims, batch.size, batch.latter.shape[1], weights, dtype, device, inputs)
+    return step_operands(dims, batch.size, batch.latter.shape[1], weights, dtype, device,
+                         gradient_buffers(run.model), inputs)
 
 
 def time_step_products(run, triples) -> float:
