@@ -144,12 +144,13 @@ def open_data(folder: Path):
 
 
 def measure_fast(spec: BenchSpec, folder: Path) -> TrainerResult:
-    """The trainer's own step, its phases timed by torch.profiler from the step's
-    `record_function` ranges, with its floor measured inside the step.
+    """The trainer's own step: timed whole, with its floor measured inside it; then a few
+    more steps under torch.profiler, whose `record_function` ranges give the phases.
 
     The floor runs in an optimizer step hook, after AdamW, into the spent gradients: its
     outputs take no memory of their own, and it sees the same load from whatever else
-    runs on the machine as the step does; its time is taken out of the step's.
+    runs on the machine as the step does; the ratio is taken step by step. Peak RSS is
+    read before the profiler, which keeps memory of its own.
     """
     from ..trainer import Run
 
@@ -158,35 +159,47 @@ def measure_fast(spec: BenchSpec, folder: Path) -> TrainerResult:
     device = run.runtime.device
     run.model.train()
     batches = endless(run.train_loader)
-    gathers, steps, products = [], [], []
     for _ in range(spec.warmup):
         run.train_step(next(batches).to(device, non_blocking=True))
-    batch = None
-    hook = run.optimizer.register_step_post_hook(
-        lambda *_: products.append(time_step_products(run, floor_operands(run, batch))))
-    with profile(activities=profiler_activities(device)) as prof:
-        for _ in range(spec.steps):
-            t0 = clock(device)
-            batch = next(batches).to(device, non_blocking=True)
-            t1 = clock(device)
-            run.train_step(batch)
-            t2 = clock(device)
-            gathers.append(t1 - t0)
-            steps.append(t2 - t0 - products[-1])
-    hook.remove()
-    phases = phase_seconds(prof, device)
-    phases["fused AdamW"] = [t - floor for t, floor in zip(phases["fused AdamW"], products)]
-    times = StepTimes(statistics.median(gathers), *(statistics.median(phases[p]) for p in PHASES),
-                      step=statistics.median(steps))
-    ratios = [step / (floor + adamw) for step, floor, adamw in zip(steps, products, phases["fused AdamW"])]
+    gathers, steps, adamw, products = [], [], [], []
+    batch, adamw_started = None, 0.0
+
+    def before_adamw(*_):
+        nonlocal adamw_started
+        adamw_started = clock(device)
+
+    def after_adamw(*_):
+        adamw.append(clock(device) - adamw_started)
+        products.append(time_step_products(run, floor_operands(run, batch)))
+
+    hooks = [run.optimizer.register_step_pre_hook(before_adamw),
+             run.optimizer.register_step_post_hook(after_adamw)]
+    for _ in range(spec.steps):
+        t0 = clock(device)
+        batch = next(batches).to(device, non_blocking=True)
+        t1 = clock(device)
+        run.train_step(batch)
+        gathers.append(t1 - t0)
+        steps.append(clock(device) - t0 - products[-1])
+    for hook in hooks:
+        hook.remove()
     started = time.perf_counter()
     run.validate()
     val_seconds = time.perf_counter() - started
-    return TrainerResult(spec.batch_size / times.step, peak_rss(), times,
-                         len(data.val) / val_seconds, statistics.median(products),
-                         statistics.median(ratios))
+    rss = peak_rss()
+    run.model.train()
+    with profile(activities=profiler_activities(device)) as prof:
+        for _ in range(min(spec.steps, PROFILED_STEPS)):
+            run.train_step(next(batches).to(device, non_blocking=True))
+    phases = phase_seconds(prof, device)
+    times = StepTimes(statistics.median(gathers), *(statistics.median(phases[p]) for p in PHASES),
+                      step=statistics.median(steps))
+    ratios = [step / (floor + a) for step, floor, a in zip(steps, products, adamw)]
+    return TrainerResult(spec.batch_size / times.step, rss, times, len(data.val) / val_seconds,
+                         statistics.median(products), statistics.median(ratios))
 
 
+PROFILED_STEPS = 5
 # The `record_function` ranges of `Run.train_step`, in the order of `StepTimes`' fields.
 PHASES = ("forward + loss", "backward", "grad clip", "fused AdamW")
 
