@@ -16,15 +16,17 @@ from typing import Callable
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """`write(staging)` then rename onto `path`; a crash leaves the old file or none.
 
-    `write` may make a file or a folder of files (a checkpoint) at `staging`, which may
-    already hold a folder it was given to write over."""
+    `write` may make a file or a folder of files (a checkpoint) at `staging`; whatever a
+    crashed earlier write left there is removed first."""
     path = Path(path)
     staging = staging_path(path)
+    _remove(staging)
     try:
         write(staging)
-        if staging.is_file():
-            # Some writers (safetensors) create 0600 files; give it the mode a plain open() would.
-            os.chmod(staging, 0o666 & ~_umask())
+        # Some writers (safetensors) create 0600 files; give them the mode a plain open() would.
+        mode = 0o666 & ~_umask()
+        for file in [staging] if staging.is_file() else [p for p in staging.rglob("*") if p.is_file()]:
+            os.chmod(file, mode)
         fsync_tree(staging)
         _replace(staging, path)
         fsync_path(path.parent)

@@ -1,12 +1,9 @@
 """Training checkpoints: `adapter.safetensors`, `optimizer.safetensors` + `optimizer.json`,
 `state.json`.
 
-The optimizer's tensors (AdamW's moments: 600 MB at InfiniteTalk's dims) are written as
-safetensors, straight from their memory: half the time of `torch.save`, which checksums
-every byte (0.12 against 0.23 s for 600 MB on the bench machine), and no pickle to read
-back. Checkpoints of earlier versions (`optimizer.pt`) still load. Files are written over a
-retired checkpoint's when the caller has one (spare_files.py: 0.1 s against 2.3 s for a
-new 0.9 GB checkpoint on the bench VM).
+The optimizer's tensors (AdamW's moments) are written as safetensors: faster than
+`torch.save`, which checksums every byte, and no pickle to read back. Checkpoints of
+earlier versions (`optimizer.pt`) still load.
 
 A checkpoint folder is written beside its final place, fsynced and renamed into it
 (atomic.py), so a crash leaves either the old checkpoint or the new one, never half of one.
@@ -15,16 +12,14 @@ A checkpoint folder is written beside its final place, fsynced and renamed into 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
 from .errors import ConfigError
-from .spare_files import SparePool, save_tensors, write_bytes
 
 ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -41,31 +36,21 @@ class Checkpoint:
     state: dict
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scaler, state: dict,
-                    spares: SparePool | None = None) -> Path:
-    """Write a checkpoint beside `folder` and rename it into place: over a spare's files when
-    `spares` has one (spare_files.py); without the optimizer's state when `optimizer` is
-    None (it then cannot be resumed exactly, only exported or evaluated)."""
-    folder = Path(folder)
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scaler, state: dict) -> Path:
+    """Write a checkpoint beside `folder` and rename it into place; without the optimizer's
+    state when `optimizer` is None (it then cannot be resumed exactly, only exported or
+    evaluated)."""
 
     def write(staging: Path) -> None:
-        if spares is not None:
-            spares.take(staging)
-        else:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        weights = {k: v.detach() for k, v in model.state_dict().items()}
-        save_tensors(staging / ADAPTER_FILE, weights, metadata={"format": "pt"})
-        written = [ADAPTER_FILE, STATE_FILE]
+        staging.mkdir(parents=True)
+        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, staging / ADAPTER_FILE, metadata={"format": "pt"})
         if optimizer is not None:
             save_optimizer(staging, optimizer.state_dict(), scaler.state_dict() if scaler is not None else None)
-            written += [OPTIMIZER_TENSORS, OPTIMIZER_REST]
-        write_bytes(staging / STATE_FILE, json.dumps(state, indent=1).encode())
-        for stale in set(staging.iterdir()) - {staging / n for n in written}:
-            stale.unlink()
+        (staging / STATE_FILE).write_text(json.dumps(state, indent=1))
 
-    atomic_write(folder, write)
-    return folder
+    atomic_write(Path(folder), write)
+    return Path(folder)
 
 
 def save_optimizer(folder: Path, optimizer_state: dict, scaler_state: dict | None) -> None:
@@ -74,12 +59,12 @@ def save_optimizer(folder: Path, optimizer_state: dict, scaler_state: dict | Non
     for index, values in optimizer_state["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{name}"] = value
+                tensors[f"state.{index}.{name}"] = value.detach().contiguous()
             else:
                 rest.setdefault(str(index), {})[name] = value
-    save_tensors(folder / OPTIMIZER_TENSORS, tensors)
-    write_bytes(folder / OPTIMIZER_REST, json.dumps(
-        {"param_groups": optimizer_state["param_groups"], "state": rest, "scaler": scaler_state}).encode())
+    save_file(tensors, folder / OPTIMIZER_TENSORS)
+    (folder / OPTIMIZER_REST).write_text(json.dumps(
+        {"param_groups": optimizer_state["param_groups"], "state": rest, "scaler": scaler_state}))
 
 
 def load_optimizer(folder: Path) -> dict:

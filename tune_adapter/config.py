@@ -80,9 +80,11 @@ class TrainConfig:
     save_every: int = option(1, "Checkpoint every N epochs (and at the end)", rule=AT_LEAST_1,
                              search=False)
     log_every: int = option(50, "Show the step loss every N steps", rule=AT_LEAST_1, search=False)
-    # Keep freed memory in the heap for the next step (memory.keep_freed_memory): a faster
-    # CPU step for about 200 MB more resident memory. Searches running trials side by side
-    # turn it off; TUNE_ADAPTER_KEEP_FREED_MEMORY=0/1 overrides either way.
+    cpu_tuning: bool = option(True, "CPU runs: glibc's kept heap, huge pages, a one-pass gradient "
+                                    "clip (cpu_tuning.py); no effect on a GPU", search=False)
+    # Part of CPU tuning: keep freed memory in the heap for the next step, a faster step for
+    # more resident memory. Searches running trials side by side turn it off;
+    # TUNE_ADAPTER_KEEP_FREED_MEMORY=0/1 overrides either way.
     keep_freed_memory: bool = option(True, flag=False, search=False)
     # The last epoch's checkpoint keeps AdamW's moments, so the run can be continued. A
     # search turns this off: nothing resumes a finished trial, and each trial's kept

@@ -189,8 +189,9 @@ class TrialStore:
         trial_rows = [r.row(self.info.params) for r in self.trials.values()]
         epoch_rows = [row for r in self.trials.values() for row in r.epoch_rows()]
         trials_schema = _trials_schema(self.info.params, trial_rows)
-        _write_atomic(self.folder / TRIALS_FILE, _table(trial_rows, trials_schema, metadata))
-        _write_atomic(self.folder / EPOCHS_FILE, _table(epoch_rows, _epochs_schema(), metadata))
+        for name, table in ((TRIALS_FILE, _table(trial_rows, trials_schema, metadata)),
+                            (EPOCHS_FILE, _table(epoch_rows, _epochs_schema(), metadata))):
+            atomic_write(self.folder / name, lambda staging, t=table: pq.write_table(t, staging))
 
 
 def _number(value, kind):
@@ -229,10 +230,6 @@ def _epochs_schema() -> pa.Schema:
 
 def _table(rows: list[dict], schema: pa.Schema, metadata: dict) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata(metadata)
-
-
-def _write_atomic(path: Path, table: pa.Table) -> None:
-    atomic_write(path, lambda staging: pq.write_table(table, staging))
 
 
 def read_table(path: Path) -> pa.Table:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .trainer import BenchSpec
 
 MB = 2**20
 
@@ -27,7 +23,7 @@ class Section:
 
 @dataclass
 class BenchReport:
-    spec: "BenchSpec"
+    spec: object  # what was measured: trainer.BenchSpec for the trainer bench
     machine: str
     sections: list[Section]
 

@@ -1,9 +1,8 @@
 """`tune-adapter bench`: how fast the trainer is, against its floor and a naive trainer.
 
 Each measurement runs in a fresh process, so its peak RSS (`ru_maxrss`) is its own:
-- fast: the real trainer (`Run`), step timed phase by phase with its own methods;
-- floor: the same step's matrix products alone (same shapes, same precision) plus one
-  fused AdamW step over the same number of parameters;
+- fast: the real trainer (`Run.train_step`), its phases timed by torch.profiler;
+- floor: the same step's matrix products alone (floor.py) plus the step's fused AdamW;
 - straightforward: `straightforward.StraightforwardTrainer` on the same clips.
 Padding is computed in-process: one epoch of the batch sampler over mixed lengths, with
 and without length bucketing.
@@ -20,21 +19,24 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from unittest import mock
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 from ..adapter import AdapterDims, AudioProjModel
 from ..config import TrainConfig
 from ..data import BatchSampler, load_data, padded_fraction, read_manifest
+from .. import cpu_tuning
 from ..errors import ConfigError
-from ..memory import KEEP_ENV, THP_ENV, huge_pages_requested, keep_freed_memory
 from ..runtime import resolve_runtime
 from ..synth import SynthSpec, write_synth
 from ..windows import WindowSpec, n_latents
+from .floor import WEIGHT_LAYERS, clock, floor_operands, multiply, step_operands, time_step_products
 from .report import MB, BenchReport, Row, Section, verdict
 from .straightforward import StraightforwardTrainer
 
@@ -106,13 +108,15 @@ def run_bench(spec: BenchSpec, work_dir: Path | None = None) -> BenchReport:
         folder = Path(tmp)
         write_synth(folder / "data", spec.synth_spec())
         open_data(folder)  # packs once here, so the children only map the pack
-        fast = in_fresh_process(measure_fast, spec, folder)
-        bf16_ratio = in_fresh_process(measure_bf16_products, spec)
+        tuned = cpu_tuning.huge_pages_env() if spec.train_config().cpu_tuning else {}
+        fast = in_fresh_process(measure_fast, spec, folder, env=tuned)
+        bf16_ratio = in_fresh_process(measure_bf16_products, spec, env=tuned)
         naive = in_fresh_process(measure_straightforward, spec, folder, False,
-                                 env={THP_ENV: "0", KEEP_ENV: "0"})
-        naive_tuned = in_fresh_process(measure_straightforward, spec, folder, True)
+                                 env={cpu_tuning.THP_ENV: "0", cpu_tuning.KEEP_ENV: "0"})
+        naive_tuned = in_fresh_process(measure_straightforward, spec, folder, True, env=tuned)
     state = model_state_bytes(spec.synth_spec().adapter_dims())
-    return BenchReport(spec, describe_machine(spec.device), [
+    huge_pages = tuned.get(cpu_tuning.THP_ENV, "0").strip() not in ("", "0")
+    return BenchReport(spec, describe_machine(spec.device, huge_pages), [
         speed_section(spec, fast, naive, naive_tuned),
         step_section(fast, bf16_ratio),
         memory_section(state, fast, naive),
@@ -132,17 +136,6 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def clock(device: torch.device) -> float:
-    """Seconds, once the device has finished what was queued (CUDA runs asynchronously)."""
-    synchronize(device)
-    return time.perf_counter()
-
-
 # --- the real trainer ---------------------------------------------------------------
 
 def open_data(folder: Path):
@@ -151,10 +144,13 @@ def open_data(folder: Path):
 
 
 def measure_fast(spec: BenchSpec, folder: Path) -> TrainerResult:
-    """The trainer's own step, phase by phase, with its floor measured between steps.
+    """The trainer's own step: timed whole, with its floor measured inside it; then a few
+    more steps under torch.profiler, whose `record_function` ranges give the phases.
 
-    Timing the floor in the same process, interleaved with the steps, means both see the
-    same load from whatever else runs on the machine; the ratio is taken step by step.
+    The floor runs in an optimizer step hook, after AdamW, into the spent gradients: its
+    outputs take no memory of their own, and it sees the same load from whatever else
+    runs on the machine as the step does; the ratio is taken step by step. Peak RSS is
+    read before the profiler, which keeps memory of its own.
     """
     from ..trainer import Run
 
@@ -163,33 +159,70 @@ def measure_fast(spec: BenchSpec, folder: Path) -> TrainerResult:
     device = run.runtime.device
     run.model.train()
     batches = endless(run.train_loader)
-    samples, products, ratios = [], [], []
-    for i in range(spec.warmup + spec.steps):
+    for _ in range(spec.warmup):
+        run.train_step(next(batches).to(device, non_blocking=True))
+    gathers, steps, adamw, products, hooked = [], [], [], [], []
+    batch, adamw_started = None, 0.0
+
+    def before_adamw(*_):
+        nonlocal adamw_started
+        adamw_started = clock(device)
+
+    def after_adamw(*_):
+        started = clock(device)
+        adamw.append(started - adamw_started)
+        products.append(time_step_products(run, floor_operands(run, batch)))
+        hooked.append(clock(device) - started)  # the floor and the making of its operands
+
+    hooks = [run.optimizer.register_step_pre_hook(before_adamw),
+             run.optimizer.register_step_post_hook(after_adamw)]
+    for _ in range(spec.steps):
         t0 = clock(device)
         batch = next(batches).to(device, non_blocking=True)
         t1 = clock(device)
-        loss = run.forward_loss(batch)
-        t2 = clock(device)
-        run.backward(loss)
-        t3 = clock(device)
-        run.clip_gradients()
-        t4 = clock(device)
-        run.apply_gradients()
-        t5 = clock(device)
-        # Into the spent gradients, so the floor's outputs take no memory of their own.
-        floor_products = time_step_products(run, floor_operands(run, batch))
-        run.free_gradients()
-        if i >= spec.warmup:
-            samples.append([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4])
-            products.append(floor_products)
-            ratios.append((t5 - t0) / (floor_products + t5 - t4))
-    times = median_times(samples)
+        run.train_step(batch)
+        gathers.append(t1 - t0)
+        steps.append(clock(device) - t0 - hooked[-1])
+    for hook in hooks:
+        hook.remove()
     started = time.perf_counter()
     run.validate()
     val_seconds = time.perf_counter() - started
-    return TrainerResult(spec.batch_size / times.step, peak_rss(), times,
-                         len(data.val) / val_seconds, statistics.median(products),
-                         statistics.median(ratios))
+    rss = peak_rss()
+    run.model.train()
+    with profile(activities=profiler_activities(device)) as prof:
+        for _ in range(min(spec.steps, PROFILED_STEPS)):
+            run.train_step(next(batches).to(device, non_blocking=True))
+    phases = phase_seconds(prof, device)
+    times = StepTimes(statistics.median(gathers), *(statistics.median(phases[p]) for p in PHASES),
+                      step=statistics.median(steps))
+    ratios = [step / (floor + a) for step, floor, a in zip(steps, products, adamw)]
+    return TrainerResult(spec.batch_size / times.step, rss, times, len(data.val) / val_seconds,
+                         statistics.median(products), statistics.median(ratios))
+
+
+PROFILED_STEPS = 5
+# The `record_function` ranges of `Run.train_step`, in the order of `StepTimes`' fields.
+PHASES = ("forward + loss", "backward", "grad clip", "fused AdamW")
+
+
+def profiler_activities(device: torch.device) -> list:
+    if device.type == "cuda":
+        return [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    return [ProfilerActivity.CPU]
+
+
+def phase_seconds(prof, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each phase, step by step: on a GPU, the span of the range's kernels
+    (the CPU only queues them) where the profiler recorded it; else the range itself."""
+    spans: dict = {kind: {name: [] for name in PHASES} for kind in (DeviceType.CPU, DeviceType.CUDA)}
+    for event in prof.events():
+        if event.name in PHASES and event.device_type in spans:
+            spans[event.device_type][event.name].append(event.time_range)
+    kernels = spans[DeviceType.CUDA]
+    chosen = kernels if device.type == "cuda" and all(kernels.values()) else spans[DeviceType.CPU]
+    return {name: [r.elapsed_us() / 1e6 for r in sorted(ranges, key=lambda r: r.start)]
+            for name, ranges in chosen.items()}
 
 
 def endless(loader):
@@ -197,110 +230,7 @@ def endless(loader):
         yield from loader
 
 
-def median_times(samples: list[list[float]]) -> StepTimes:
-    phases = (statistics.median(col) for col in zip(*samples))
-    return StepTimes(*phases, step=statistics.median(sum(s) for s in samples))
-
-
 # --- the floor ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Product:
-    """`a @ b` as one of the step's products: shapes of a and b."""
-
-    a: tuple[int, int]
-    b: tuple[int, int]
-
-
-def step_products(dims: AdapterDims, batch: int, n_latter: int) -> list[Product]:
-    """Every matrix product of one training step: forward, weight and input gradients.
-
-    The adapter's inputs need no gradient, so proj1 and proj1_vf have none for them.
-    """
-    frame = dims.layers * dims.channels
-    first_rows = batch
-    latter_rows = batch * n_latter
-    rows = first_rows + latter_rows
-    inter, out = dims.intermediate_dim, dims.context_tokens * dims.output_dim
-    layers = [(first_rows, dims.first_width * frame, inter, False),
-              (latter_rows, dims.latter_width * frame, inter, False),
-              (rows, inter, inter, True), (rows, inter, out, True)]
-    products = []
-    for n, k, m, input_grad in layers:
-        products.append(Product((n, k), (k, m)))  # forward: x @ W^T
-        products.append(Product((m, n), (n, k)))  # weight gradient: dy^T @ x
-        if input_grad:
-            products.append(Product((n, m), (m, k)))  # input gradient: dy @ W
-    return products
-
-
-# For each product of `step_products`: the layer whose weight is its right operand, and
-# whether transposed (forward: x @ W^T; input gradient: dy @ W); None: no weight in it.
-PRODUCT_WEIGHTS = [("proj1", True), None, ("proj1_vf", True), None,
-                   ("proj2", True), None, ("proj2", False), ("proj3", True), None, ("proj3", False)]
-# The layer whose weight gradient each product is (None: not a weight gradient).
-PRODUCT_GRADIENTS = [None, "proj1", None, "proj1_vf", None, "proj2", None, None, "proj3", None]
-# The layer whose input x is an operand of each product (forward: a; weight gradient: b).
-PRODUCT_INPUTS = ["proj1", "proj1", "proj1_vf", "proj1_vf", None, None, None, None, None, None]
-WEIGHT_LAYERS = ("proj1", "proj1_vf", "proj2", "proj3")
-
-
-
-def step_operands(dims: AdapterDims, batch: int, n_latter: int, weights: dict, dtype,
-                  device, outputs: dict | None = None, inputs: dict | None = None) -> list[tuple]:
-    """Operands `(a, b, out)` of `step_products`: the layers' own weights where a weight is
-    used; the batch's own inputs of proj1 and proj1_vf where given (`inputs`, by layer);
-    for a weight gradient, the tensor the trainer writes it into (`outputs`, by layer)
-    where it has one, else a tensor made here. A product's time is then its arithmetic
-    alone, with no fresh output memory to fault in, and the floor adds little memory."""
-    outputs, inputs = outputs or {}, inputs or {}
-    triples = []
-    for product, uses, grad_of, x_of in zip(step_products(dims, batch, n_latter), PRODUCT_WEIGHTS,
-                                            PRODUCT_GRADIENTS, PRODUCT_INPUTS):
-        x = inputs.get(x_of)
-        a = x if x is not None and uses is not None else torch.randn(product.a, device=device, dtype=dtype)
-        if uses is None:
-            b = x if x is not None else torch.randn(product.b, device=device, dtype=dtype)
-        else:
-            weight = weights[uses[0]].to(dtype)
-            b = weight.t() if uses[1] else weight
-        out = outputs.get(grad_of)
-        if out is None or out.dtype != dtype:
-            out = torch.empty(product.a[0], product.b[1], device=device, dtype=dtype)
-        triples.append((a, b, out))
-    return triples
-
-
-def multiply(triples) -> None:
-    for a, b, out in triples:
-        torch.mm(a, b, out=out)
-
-
-def gradient_buffers(model) -> dict:
-    """The step's weight gradients, by layer (spent once the optimizer has stepped)."""
-    return {name: getattr(model, name).weight.grad for name in WEIGHT_LAYERS
-            if getattr(model, name).weight.grad is not None}
-
-
-def floor_operands(run, batch):
-    dims, device = run.dims, run.runtime.device
-    weights = {name: getattr(run.model, name).weight.detach() for name in WEIGHT_LAYERS}
-    # CUDA autocast multiplies bf16 copies; time the products on bf16 tensors, not the casts.
-    dtype = run.runtime.autocast_dtype or torch.float32
-    inputs = {"proj1": batch.first.reshape(batch.size, -1).to(dtype),
-              "proj1_vf": batch.latter.reshape(-1, batch.latter[0, 0].numel()).to(dtype)}
-    return step_operands(dims, batch.size, batch.latter.shape[1], weights, dtype, device,
-                         gradient_buffers(run.model), inputs)
-
-
-def time_step_products(run, triples) -> float:
-    """One pass over the step's products with the run's weights, in the step's precision."""
-    device = run.runtime.device
-    started = clock(device)
-    with run.runtime.autocast():
-        multiply(triples)
-    return clock(device) - started
-
 
 def measure_bf16_products(spec: BenchSpec, repeats: int = 7) -> float:
     """Time of the step's products on bf16 tensors over their time in the step's precision.
@@ -334,7 +264,7 @@ def measure_straightforward(spec: BenchSpec, folder: Path, package_settings: boo
     """The straightforward trainer; with `package_settings`, under the fast trainer's
     memory settings (huge pages come from the environment `run_bench` gives the process)."""
     if package_settings:
-        keep_freed_memory()
+        cpu_tuning.start_run()
     config = spec.train_config()
     entries = read_manifest(folder / "data" / "train.json")
     torch.manual_seed(config.seed)
@@ -374,14 +304,13 @@ def model_state_bytes(dims: AdapterDims) -> int:
     return 4 * 4 * count
 
 
-def describe_machine(device: str) -> str:
-    import os
+def describe_machine(device: str, huge_pages: bool = False) -> str:
     import platform
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     cpu = platform.processor() or platform.machine()
-    pages = "huge pages" if huge_pages_requested() else "4 KiB pages"
+    pages = "huge pages" if huge_pages else "4 KiB pages"
     return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {pages}"
 
 
@@ -395,7 +324,7 @@ def speed_section(spec: BenchSpec, fast: TrainerResult, naive: TrainerResult,
             "PyTorch's default memory settings"),
         Row("fast / straightforward", ratio, "x", verdict(ratio >= 4, "target >= 4x")),
         Row("clips/s, straightforward, this package's memory settings", naive_tuned.clips_per_s,
-            "clips/s", "huge pages + kept heap (memory.py), as the fast trainer runs"),
+            "clips/s", "huge pages + kept heap (cpu_tuning.py), as the fast trainer runs"),
         Row("fast / straightforward with those settings", fast.clips_per_s / naive_tuned.clips_per_s,
             "x", "what the trainer's own code gains, settings aside"),
         Row("validation clips/s, fast trainer", fast.val_clips_per_s, "clips/s", "no_grad"),

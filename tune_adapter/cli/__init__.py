@@ -10,4 +10,9 @@ for command in (train, synth, check, search, extract, results, best, export, rep
 
 
 def main() -> None:
+    # Where the process starts, before torch allocates (cpu_tuning.py): CPU tuning's huge
+    # pages, also inherited by a local Ray's workers.
+    from ..cpu_tuning import request_huge_pages
+
+    request_huge_pages()
     app()

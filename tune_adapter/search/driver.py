@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import TrainConfig
+from ..cpu_tuning import huge_pages_env
 from ..data import TrainData, load_data
 from ..errors import ConfigError
 from ..results import ExperimentInfo, TrialStore
@@ -89,7 +90,9 @@ def start_ray(options: SearchOptions) -> bool:
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
     if options.address:
         use_local_auth_token()
-        ray.init(address=options.address, **kwargs)
+        # A local Ray's workers inherit this environment; a cluster's get CPU tuning's
+        # huge pages (cpu_tuning.py) from the job's runtime_env.
+        ray.init(address=options.address, runtime_env={"env_vars": huge_pages_env()}, **kwargs)
     else:
         ray.init(include_dashboard=False, **kwargs)
     return True
@@ -215,9 +218,8 @@ def trial_setup(options: SearchOptions, data: TrainData, params: list[str], base
 
 
 def keeps_freed_memory(options: SearchOptions) -> bool:
-    """Trials side by side give up the kept heap (memory.keep_freed_memory): about 200 MB
-    each, which put two InfiniteTalk-sized trials over the memory target of README.md,
-    Performance, for a trainer about 10% slower there."""
+    """Trials side by side give up CPU tuning's kept heap (cpu_tuning.start_run), which
+    would put two InfiniteTalk-sized trials over the memory target of docs/performance.md."""
     return options.max_concurrent == 1 or options.num_samples == 1
 
 
@@ -270,7 +272,7 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
         grid = build_tuner(options, prepared.space, prepared.setup, info, trainable, callbacks).fit()
     # fit() has returned: no trial of this search runs on any node, so every scratch folder
-    # left (the spares of ended actors, wherever they ran) is of no further use.
+    # left (the checkpoints of ended actors, wherever they ran) is of no further use.
     shutil.rmtree(options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
     return finish(options, info, {Path(r.path).name.removeprefix("trial_") for r in grid})
 

@@ -19,8 +19,7 @@ from ray import tune
 from ..config import TrainConfig
 from ..data import TrainData, open_pack
 from ..results import TrialStore
-from ..spare_files import SparePool
-from ..trainer import KeptModel, train
+from ..trainer import train
 from .storage import linking_filesystem
 
 
@@ -61,9 +60,9 @@ def cap_gpu_memory(device: torch.device, gpus: float) -> None:
 
 
 def release_memory(device: torch.device) -> None:
-    """Free what the ended trial made (some of it held in reference cycles; a CPU model and
-    its moments stay with KEPT_MODEL for the next trial) and, on a GPU, hand the allocator's
-    cached blocks back: another process on the same GPU would otherwise find them taken."""
+    """Free what the ended trial made (some of it held in reference cycles) and, on a GPU,
+    hand the allocator's cached blocks back: another process on the same GPU would
+    otherwise find them taken."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -84,7 +83,7 @@ def report_to_tune(metrics: dict, checkpoint: Path | None) -> None:
         return
     # On the experiment's linking filesystem, Tune's copy into the trial's storage folder
     # is a hard link (storage.py). The scratch names stay until the trainer retires the
-    # checkpoint: its files are written over once Tune has dropped its own names for them.
+    # checkpoint; Tune's names keep the files.
     tune.report(metrics, checkpoint=tune.Checkpoint(str(checkpoint), filesystem=linking_filesystem()))
 
 
@@ -107,8 +106,8 @@ def scratch_prefix() -> str:
 
 def remove_stale_scratch(root: Path) -> None:
     """Scratch folders of trial processes that died (a killed search, or a finished one)
-    hold checkpoints and up to two spares (about 0.9 GB each at InfiniteTalk's dims):
-    remove those of dead processes of this node. The experiment folder may be on storage
+    hold checkpoints (about 0.9 GB each at InfiniteTalk's dims): remove those of dead
+    processes of this node. The experiment folder may be on storage
     every node sees, and only the node that made a folder can tell whether its process
     lives."""
     node = node_name()
@@ -116,12 +115,6 @@ def remove_stale_scratch(root: Path) -> None:
         pid, made_on, _ = folder.name.removeprefix(SCRATCH_PREFIX).split("@", 2)
         if made_on == node and pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def spare_pool(root: Path) -> SparePool:
-    """This process's spare checkpoint folders (spare_files.py): they outlive the trial, so
-    the actor's next trial writes its first checkpoints over them."""
-    return SparePool(root / f"{scratch_prefix()}spares")
 
 
 def scratch_root(setup: TrialSetup) -> Path:
@@ -149,10 +142,6 @@ def recorded_result(setup: TrialSetup) -> dict | None:
         return None
     last = max(record.epochs)
     return {**record.epochs[last], "epoch": last}
-
-
-# What this process's trials hand on to the next trial the reused actor runs.
-KEPT_MODEL = KeptModel()
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
@@ -204,7 +193,7 @@ def train_trial(config: TrainConfig, setup: TrialSetup) -> bool:
         with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=root) as scratch, \
                 resume_folder(tune.get_checkpoint()) as resume_from:
             result = train(config, data, report=report, output_dir=Path(scratch),
-                           resume_from=resume_from, spares=spare_pool(root), kept=KEPT_MODEL)
+                           resume_from=resume_from)
     except torch.cuda.OutOfMemoryError:
         return True
     if not reports and result.last is not None:
