@@ -21,7 +21,10 @@ def test_seed_guide_command_trains_on_a_synth_dataset(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in lines] == [1, 2, 3, 4, 5]
+    # Epoch 0 is the starting point, validated before the first step; no checkpoint.
+    assert [m["epoch"] for m in lines] == [0, 1, 2, 3, 4, 5]
+    assert lines[0]["checkpoint"] is None and lines[0]["val_l1"] > 0
+    assert result.output.index("epoch 0 (the start)") < result.output.index("epoch 1")
     assert "epoch 5" in result.output and "val_l1" in result.output
     assert (out / "checkpoints" / "epoch_0005" / "adapter.safetensors").is_file()
 

@@ -36,6 +36,9 @@ def test_reports_every_epoch_with_a_complete_checkpoint(small_data, tmp_path):
     reports = []
 
     def report(metrics, folder):
+        if metrics["epoch"] == 0:  # the start: validated, nothing to checkpoint
+            assert folder is None and metrics["step"] == 0
+            return
         assert {"adapter.safetensors", "optimizer.safetensors", "optimizer.json", "state.json"} <= {p.name for p in folder.iterdir()}
         state = json.loads((folder / "state.json").read_text())
         reports.append((metrics, state["epoch"]))
@@ -68,7 +71,7 @@ def test_resume_continues_exactly(small_data, tmp_path):
     train(TrainConfig(**{**SMALL, "epochs": 2}), small_data, output_dir=tmp_path / "r")
     resumed = train(TrainConfig(**{**SMALL, "epochs": 4}), small_data, output_dir=tmp_path / "r",
                     resume_from=tmp_path / "r" / "checkpoints" / "epoch_0002")
-    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4]
     assert resumed.history[-1]["val_l1"] == straight.history[-1]["val_l1"]
     ws, wr = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
     assert all(torch.equal(ws[k], wr[k]) for k in ws)
@@ -149,7 +152,7 @@ def test_a_last_checkpoint_without_moments_still_resumes_with_a_warning(small_da
         result.best_checkpoint == result.last_checkpoint
     with pytest.warns(UserWarning, match="moments start afresh"):
         more = train(TrainConfig(**{**SMALL, "epochs": 3}), small_data, resume_from=result.last_checkpoint)
-    assert [h["epoch"] for h in more.history] == [1, 2, 3]
+    assert [h["epoch"] for h in more.history] == [0, 1, 2, 3]  # epoch 0: the start
 
 
 def kept_checkpoints(output_dir):

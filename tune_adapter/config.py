@@ -42,6 +42,7 @@ def _number(v) -> bool:
 
 
 AT_LEAST_1 = Rule(lambda v: _int(v) and v >= 1, "an integer >= 1")
+OPTIONAL_AT_LEAST_1 = Rule(lambda v: v is None or (_int(v) and v >= 1), "an integer >= 1")
 AT_LEAST_0 = Rule(lambda v: _int(v) and v >= 0, "an integer >= 0")
 POSITIVE = Rule(lambda v: _number(v) and v > 0, "> 0")
 NOT_NEGATIVE = Rule(lambda v: _number(v) and v >= 0, ">= 0")
@@ -93,8 +94,16 @@ class TrainConfig:
     # Adapter dims not fixed by the data (K and D default to the targets' own).
     context_tokens: int | None = option(None, "K; must match the targets [default: theirs]")
     output_dim: int | None = option(None, "D; must match the targets [default: theirs]")
-    intermediate_dim: int = option(512, rule=AT_LEAST_1)
+    intermediate_dim: int | None = option(None, "I \\[default: 512, or the --init-from adapter's]",
+                                          rule=OPTIONAL_AT_LEAST_1)
     norm_output_audio: bool = option(True, "LayerNorm on the output tokens (InfiniteTalk: on)")
+    # Where the weights start (init_from.py): random, or a released or earlier adapter.
+    init_from: str | None = option(
+        None, "Start from this adapter: InfiniteTalk's weights (only audio_proj.* is read), an "
+        "exported folder, or a run, checkpoint or trial folder", search=False)
+    init_partial: bool = option(
+        False, "With --init-from: load the layers whose shapes fit, start the others fresh",
+        search=False)
     seed: int = 0
 
     def __post_init__(self):

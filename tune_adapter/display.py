@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 
@@ -21,9 +22,9 @@ def fail(message: str) -> None:
 
 
 def format_metrics(metrics: dict) -> str:
-    parts = [f"epoch {metrics['epoch']}"]
+    parts = [f"epoch {metrics['epoch']}" + (" (the start)" if metrics["epoch"] == 0 else "")]
     for key in ("train_loss", "val_l1", "val_mse", "val_cos"):
-        if key in metrics:
+        if key in metrics and not math.isnan(metrics[key]):
             parts.append(f"{key} {metrics[key]:.4f}")
     if "epoch_seconds" in metrics:
         parts.append(f"{metrics['epoch_seconds']:.1f}s")
@@ -61,7 +62,9 @@ class TrainProgressBar(ProgressView):
         self.progress.update(self.task, advance=1, **fields)
 
     def epoch_done(self, metrics):
-        self.progress.remove_task(self.task)
+        if self.task is not None:  # epoch 0 has no bar: it only validates
+            self.progress.remove_task(self.task)
+            self.task = None
         self.progress.console.print(format_metrics(metrics))
 
 

@@ -38,6 +38,9 @@ METADATA_KEY = b"tune_adapter"
 # together from one read across the driver's rewrite of both (trials first, then epochs).
 GENERATION_KEY = b"tune_adapter_generation"
 EPOCH_METRICS = ("train_loss", "val_l1", "val_mse", "val_cos", "epoch_seconds", "step")
+# Epoch 0, the starting point, travels to the store inside epoch 1's result as start_*.
+START_PREFIX = "start_"
+START_METRICS = ("val_l1", "val_mse", "val_cos", "epoch_seconds")
 FINAL_STATUSES = ("completed", "pruned", "error")
 
 
@@ -70,13 +73,18 @@ class TrialRecord:
     error: str | None = None
     baseline: bool = False
 
+    def trained(self) -> dict[int, dict]:
+        """The epochs that trained: all but epoch 0, the starting point."""
+        return {e: m for e, m in self.epochs.items() if e >= 1}
+
     def best_epoch(self) -> int | None:
-        ranked = [(m["val_l1"], e) for e, m in self.epochs.items() if not math.isnan(m["val_l1"])]
+        ranked = [(m["val_l1"], e) for e, m in self.trained().items() if not math.isnan(m["val_l1"])]
         return min(ranked)[1] if ranked else None
 
     def row(self, params: list[str]) -> dict:
         best = self.best_epoch()
-        last = self.epochs[max(self.epochs)] if self.epochs else {}
+        trained = self.trained()
+        last = trained[max(trained)] if trained else {}
         best_metrics = self.epochs.get(best, {})
         return {
             "trial_id": self.trial_id,
@@ -84,8 +92,9 @@ class TrialRecord:
             "status": self.status,
             "baseline": self.baseline,
             **{p: self.params.get(p) for p in params},
-            "epochs": len(self.epochs),
+            "epochs": len(trained),
             "best_epoch": best,
+            "start_val_l1": self.epochs.get(0, {}).get("val_l1"),
             **{f"best_{k}": best_metrics.get(k) for k in ("val_l1", "val_mse", "val_cos")},
             **{f"last_{k}": last.get(k) for k in ("train_loss", "val_l1", "val_mse", "val_cos")},
             "wall_seconds": self.wall_seconds,
@@ -160,6 +169,9 @@ class TrialStore:
         epoch = int(metrics["epoch"])
         record.epochs[epoch] = {k: _number(metrics.get(k), int if k == "step" else float)
                                 for k in EPOCH_METRICS}
+        if START_PREFIX + "val_l1" in metrics and 0 not in record.epochs:
+            record.epochs[0] = {"train_loss": math.nan, "step": 0,
+                                **{k: _number(metrics.get(START_PREFIX + k), float) for k in START_METRICS}}
         record.wall_seconds = wall_seconds
         if write:
             self.write()
@@ -205,7 +217,7 @@ def _trials_schema(params: list[str], rows: list[dict]) -> pa.Schema:
         [("trial_id", pa.string()), ("number", pa.int64()), ("status", pa.string()),
          ("baseline", pa.bool_())]
         + [(p, _param_type([r[p] for r in rows])) for p in params]
-        + [("epochs", pa.int64()), ("best_epoch", pa.int64())]
+        + [("epochs", pa.int64()), ("best_epoch", pa.int64()), ("start_val_l1", pa.float64())]
         + [(m, pa.float64()) for m in metrics]
         + [("best_checkpoint", pa.string()), ("error", pa.string())]
     )
@@ -270,10 +282,13 @@ def read_info(folder: Path) -> ExperimentInfo:
 
 
 def read_trials(folder: Path):
-    """trials.parquet as a pandas DataFrame (a search from before baselines: all False)."""
+    """trials.parquet as a pandas DataFrame (a search from before baselines: all False; from
+    before epoch 0 was measured: start_val_l1 NaN)."""
     trials = read_table(Path(folder) / TRIALS_FILE).to_pandas()
     if "baseline" not in trials:
         trials.insert(3, "baseline", False)
+    if "start_val_l1" not in trials:
+        trials.insert(list(trials.columns).index("best_epoch") + 1, "start_val_l1", math.nan)
     return trials
 
 

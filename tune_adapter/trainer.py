@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .data import BatchGatherer, BatchSampler, PackedClips, TrainData
 from .data.clips import ClipShapes
 from .errors import ConfigError
+from .init_from import InitialAdapter, load_initial_adapter, read_initial_adapter
 from .loss import MetricSums, masked_loss
 from .runtime import Runtime, resolve_runtime
 from .windows import WindowSpec
@@ -58,8 +59,12 @@ class TrainResult:
         return self.history[-1] if self.history else None
 
 
-def adapter_dims(config: TrainConfig, shapes: ClipShapes) -> AdapterDims:
-    """The adapter's dims: W, S and I from the config, L, C, K, D from the data."""
+DEFAULT_INTERMEDIATE_DIM = 512  # InfiniteTalk's
+
+
+def adapter_dims(config: TrainConfig, shapes: ClipShapes, initial: InitialAdapter | None = None) -> AdapterDims:
+    """The adapter's dims: W, S and I from the config (I else the starting adapter's, else
+    InfiniteTalk's 512), L, C, K, D from the data."""
     for flag, given, found in (("--context-tokens", config.context_tokens, shapes.tokens),
                                ("--output-dim", config.output_dim, shapes.token_dim)):
         if given is not None and given != found:
@@ -70,7 +75,9 @@ def adapter_dims(config: TrainConfig, shapes: ClipShapes) -> AdapterDims:
     return AdapterDims(
         audio_window=config.audio_window, vae_scale=config.vae_scale,
         layers=shapes.layers, channels=shapes.channels,
-        intermediate_dim=config.intermediate_dim, context_tokens=shapes.tokens,
+        intermediate_dim=config.intermediate_dim or (
+            initial.intermediate_dim if initial is not None else DEFAULT_INTERMEDIATE_DIM),
+        context_tokens=shapes.tokens,
         output_dim=shapes.token_dim, norm_output_audio=config.norm_output_audio,
     )
 
@@ -105,9 +112,13 @@ class Run:
         self.spec = WindowSpec(config.audio_window, config.vae_scale)
         self.layout = data.train.layout_for(self.spec.vae_scale)
         data.val.layout_for(self.spec.vae_scale)
-        self.dims = adapter_dims(config, data.train.shapes)
+        initial = read_initial_adapter(Path(config.init_from)) if config.init_from else None
+        self.dims = adapter_dims(config, data.train.shapes, initial)
         torch.manual_seed(config.seed)
-        self.model = AudioProjModel(self.dims).to(self.runtime.device)
+        self.model = AudioProjModel(self.dims)
+        # The layers --init-partial left at their random start (none without it).
+        self.fresh = load_initial_adapter(self.model, initial, config.init_partial) if initial else []
+        self.model.to(self.runtime.device)
         self.params = list(self.model.parameters())
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.grad_scaling else None
@@ -236,8 +247,17 @@ def train(
     if resume_from is not None:
         run.restore(Path(resume_from))
     result = TrainResult(history=run.history)
-    result.best = min(run.history, key=_rank, default=None)
+    result.best = min(trained(run.history), key=_rank, default=None)
     restore_checkpoints(result, run.history, output_dir, resume_from)
+    if run.epoch == 0 and not run.history:
+        # Epoch 0: the starting point, measured before the first step.
+        started = time.perf_counter()
+        start = {"epoch": 0, "step": 0, "train_loss": math.nan, **run.validate(),
+                 "epoch_seconds": time.perf_counter() - started}
+        run.history.append(start)
+        progress.epoch_done(start)
+        if report is not None:
+            report(dict(start), None)
     while run.epoch < config.epochs:
         started = time.perf_counter()
         train_loss = run.train_epoch(progress)
@@ -277,6 +297,11 @@ def restore_checkpoints(result: TrainResult, history: list[dict], output_dir: Pa
     best = min(saved, key=lambda e: (_rank(metrics[e]), e))
     result.best_checkpoint, result.best_checkpoint_metrics = saved[best], metrics[best]
     result.last_checkpoint = saved[max(saved)]
+
+
+def trained(history: list[dict]) -> list[dict]:
+    """The epochs that trained: all but epoch 0, the starting point."""
+    return [m for m in history if m["epoch"] >= 1]
 
 
 def _rank(metrics: dict) -> float:

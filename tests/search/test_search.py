@@ -45,8 +45,12 @@ def test_a_search_writes_one_row_per_trial(tmp_path, synth_small):
     assert sorted(trials["number"]) == list(range(5))
     for row in trials.to_dict("records"):
         mine = epochs[epochs["trial_id"] == row["trial_id"]]
-        assert list(mine["epoch"]) == list(range(1, row["epochs"] + 1))
-        assert row["best_val_l1"] == pytest.approx(mine["val_l1"].min())
+        # Epoch 0: the starting point, measured before the first step; never the best.
+        assert list(mine["epoch"]) == list(range(0, row["epochs"] + 1))
+        start = mine[mine["epoch"] == 0].iloc[0]
+        assert pd.isna(start["checkpoint"]) and row["start_val_l1"] == start["val_l1"]
+        trained = mine[mine["epoch"] >= 1]
+        assert row["best_val_l1"] == pytest.approx(trained["val_l1"].min())
         assert (row["status"] == "completed") == (row["epochs"] == 3)
         assert Path(row["best_checkpoint"], "adapter.safetensors").is_file()
         trial_dir = Path(row["best_checkpoint"]).parent
@@ -71,7 +75,7 @@ def test_the_study_holds_every_epoch_and_the_baseline_runs_first_and_whole(tmp_p
     assert (trials["status"] == "pruned").any(), "the seeded search pruned no trial"
     for row in trials.to_dict("records"):
         study_trial = searcher.study_trial(row["trial_id"])
-        mine = epochs[epochs["trial_id"] == row["trial_id"]]
+        mine = epochs[(epochs["trial_id"] == row["trial_id"]) & (epochs["epoch"] >= 1)]
         assert study_trial.intermediate_values == pytest.approx(dict(zip(mine["epoch"], mine["val_l1"])))
         assert study_trial.state == states[row["status"]]
     baseline = trials[trials["baseline"]]
@@ -123,7 +127,7 @@ def test_default_space_runs_on_the_quickstart_data(tmp_path):
     outcome = run_search(opts)
     assert outcome.complete
     assert (tmp_path / "results" / "synth" / "train.json").is_file()
-    assert len(read_epochs(outcome.experiment_dir)) == 2
+    assert len(read_epochs(outcome.experiment_dir).query("epoch >= 1")) == 2
 
 
 @pytest.mark.slow

@@ -82,7 +82,13 @@ class TaskResult:
 
 
 def outcome(folder: Path) -> Outcome:
-    return Outcome(float(read_trials(folder)["best_val_l1"].min()), len(read_epochs(folder)))
+    return Outcome(float(read_trials(folder)["best_val_l1"].min()), len(trained_epochs(folder)))
+
+
+def trained_epochs(folder: Path):
+    """epochs.parquet without epoch 0 (the starting point, measured, not trained)."""
+    epochs = read_epochs(folder)
+    return epochs[epochs["epoch"] >= 1]
 
 
 def task_options(task: QualityTask, work: Path, spaces: Path, name: str, **overrides) -> SearchOptions:
@@ -107,7 +113,7 @@ def run_fixed(task: QualityTask, work: Path, spaces: Path, **overrides) -> tuple
     options = task_options(task, work, spaces, f"{_slug(task.name)}-fixed", **overrides)
     shutil.rmtree(options.experiment_dir, ignore_errors=True)  # left by a killed bench
     folder = train_without_pruning(options, [GUIDE] + task.grid)
-    trials, epochs = read_trials(folder), read_epochs(folder)
+    trials, epochs = read_trials(folder), trained_epochs(folder)
     shutil.rmtree(folder, ignore_errors=True)
     is_guide = (trials[list(GUIDE)] == pd.Series(GUIDE)).all(axis=1)
     guide_id = trials.loc[is_guide, "trial_id"].iloc[0]

@@ -17,6 +17,7 @@ import torch
 from ray import tune
 
 from ..config import TrainConfig
+from ..results import START_METRICS, START_PREFIX
 from ..data import TrainData, open_pack
 from ..results import TrialStore
 from ..trainer import train
@@ -138,9 +139,9 @@ def recorded_result(setup: TrialSetup) -> dict | None:
     store = TrialStore(folder, read_info(folder))
     trial_id = tune.get_context().get_trial_id()
     record = store.trials.get(trial_id)
-    if not store.is_finished(trial_id) or not record.epochs:
+    if not store.is_finished(trial_id) or not record.trained():
         return None
-    last = max(record.epochs)
+    last = max(record.trained())
     return {**record.epochs[last], "epoch": last}
 
 
@@ -181,9 +182,16 @@ def train_trial(config: TrainConfig, setup: TrialSetup) -> bool:
     and through them the tensors, whose memory the caller then releases.
     """
     data = TrainData(open_pack(Path(setup.train_pack)), open_pack(Path(setup.val_pack)))
-    reports = []
+    reports, start = [], {}
 
     def report(metrics: dict, checkpoint: Path | None) -> None:
+        if metrics["epoch"] == 0:
+            # Tune, ASHA and Optuna see epochs from 1; the store's epoch-0 row comes
+            # with epoch 1's result (record.py), which carries the start's metrics.
+            start.update({START_PREFIX + k: metrics[k] for k in START_METRICS})
+            return
+        metrics = {**metrics, **start}
+        start.clear()
         reports.append(metrics)
         report_to_tune(metrics, checkpoint)
 
