@@ -3,9 +3,8 @@
 The start is already close: learning rates are a decade below the default space's, so
 the first steps refine the released weights instead of undoing them. W and S are fixed to
 the released adapter's (InfiniteTalk's 5 and 4): any other value changes proj1's shapes
-and that layer would start from scratch (`--init-partial`). I, K, D and the norm are left
-to the start and the data (InfiniteTalk's I is the trainer's default, 512; the synthetic
-teacher's depends on `synth --dims`).
+and that layer would start from scratch (`--init-partial`). I and the norm come from the
+start, K and D from the data.
 """
 
 # As the default space, whose pruning `tune-adapter bench --quality` measured best.

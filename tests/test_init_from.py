@@ -249,3 +249,109 @@ def test_released_start_between_random_init_and_teacher(synth_small):
                               ("scratch", scratch))}
     assert l1["teacher"] < 1e-4
     assert 0.1 < l1["released"] < 0.6 * l1["scratch"], l1
+
+
+# --- wired into train and search ------------------------------------------------------
+
+def train_args(data, out, *extra):
+    return ["train", "--manifest", str(data["train"]), "--val-manifest", str(data["val"]),
+            "--output-dir", str(out), "--batch-size", "4", *extra]
+
+
+def test_a_start_trained_at_a_vanishing_lr_scores_as_the_file_itself(synth_small, tmp_path):
+    """Epoch 0 is the file's adapter evaluated exactly; an epoch at lr 1e-12 leaves it so."""
+    from tune_adapter.config import TrainConfig
+    from tune_adapter.data import load_data
+    from tune_adapter.trainer import evaluate_pack, train
+
+    released = synth_small["released"]
+    data = load_data(synth_small["train"], synth_small["val"])
+    initial = read_initial_adapter(released)
+    model = AudioProjModel(initial.dims(data.train.shapes.layers, data.train.shapes.channels))
+    load_initial_adapter(model, initial)
+    direct = evaluate_pack(model, data.val, batch_size=4)
+    result = train(TrainConfig(lr=1e-12, epochs=1, batch_size=4, device="cpu",
+                               init_from=str(released)), data)
+    start, first = result.history
+    assert start["epoch"] == 0 and start["val_l1"] == direct["val_l1"]
+    assert first["val_l1"] == pytest.approx(direct["val_l1"], rel=1e-6)
+
+
+def test_train_from_the_released_file_and_partial_start(synth_small, tmp_path):
+    from typer.testing import CliRunner
+
+    from tune_adapter.cli import app
+
+    released = str(synth_small["released"])
+    result = CliRunner().invoke(app, train_args(synth_small, tmp_path / "a", "--epochs", "1",
+                                                "--init-from", released))
+    assert result.exit_code == 0, result.output
+    assert "(infinitetalk)" in result.output and "start fresh" not in result.output
+    result = CliRunner().invoke(app, train_args(synth_small, tmp_path / "b", "--epochs", "1",
+                                                "--audio-window", "3", "--init-from", released,
+                                                "--init-partial"))
+    assert result.exit_code == 0, result.output
+    assert "proj1, proj1_vf start fresh (--init-partial)" in result.output
+
+
+@pytest.mark.parametrize("case", ["no adapter", "shape"])
+def test_train_refuses_a_bad_start_in_one_line_writing_nothing(synth_small, tmp_path, case):
+    from typer.testing import CliRunner
+
+    from tune_adapter.cli import app
+
+    if case == "no adapter":
+        path = tmp_path / "other.safetensors"
+        save_file({"blocks.0.weight": torch.ones(2)}, path)
+        flags = ["--init-from", str(path)]
+    else:
+        flags = ["--init-from", str(synth_small["released"]), "--audio-window", "3"]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, train_args(synth_small, out, "--epochs", "1", *flags))
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "--init-from" in error[0] and "Traceback" not in result.output
+    if case == "shape":
+        assert "audio_proj.proj1.weight is [" in error[0] and "--init-partial" in error[0]
+    assert not out.exists()
+
+
+def test_a_search_whose_space_varies_w_is_refused_before_ray(synth_small, tmp_path):
+    from typer.testing import CliRunner
+
+    from tune_adapter.cli import app
+
+    space = tmp_path / "space.py"
+    space.write_text("def space(trial):\n"
+                     "    return {'audio_window': trial.suggest_int('audio_window', 3, 5, step=2)}\n")
+    result = CliRunner().invoke(app, [
+        "search", "--space", str(space), "--manifest", str(synth_small["train"]),
+        "--val-manifest", str(synth_small["val"]), "--storage", str(tmp_path / "results"),
+        "--init-from", str(synth_small["released"])])
+    assert result.exit_code == 2, result.output
+    assert "the space sets audio_window to 3, 5, but the adapter's W is 5" in result.output
+    assert not (tmp_path / "results" / "space").exists()
+
+
+@pytest.mark.slow
+def test_a_search_from_a_file_starts_every_trial_there(synth_small, tmp_path):
+    from tune_adapter.results import read_epochs, read_trials
+    from tune_adapter.search import run_search
+
+    space = tmp_path / "space.py"
+    space.write_text("INIT_FROM = %r\n" % str(synth_small["released"])
+                     + "def space(trial):\n"
+                     "    return {'lr': trial.suggest_float('lr', 1e-4, 1e-3, log=True), 'batch_size': 4}\n")
+    from tune_adapter.search.options import resolve_options
+    from tune_adapter.space import load_space
+
+    options = resolve_options(load_space(space).defaults, space=space, manifest=synth_small["train"],
+                              val_manifest=synth_small["val"], storage=tmp_path / "results",
+                              num_samples=2, max_epochs=2, quiet=True)
+    assert str(options.init_from) == str(synth_small["released"])
+    folder = run_search(options).experiment_dir
+    trials, epochs = read_trials(folder), read_epochs(folder)
+    starts = epochs[epochs["epoch"] == 0]
+    assert len(starts) == 2 and starts["val_l1"].nunique() == 1  # the same start for all
+    assert (trials["start_val_l1"] == starts["val_l1"].iloc[0]).all()
+    assert (trials["best_val_l1"] < trials["start_val_l1"]).all()

@@ -297,6 +297,27 @@ def check_initial_adapter(initial: InitialAdapter, dims: AdapterDims, partial: b
     return state, fresh
 
 
+def check_init_space(initial: InitialAdapter, probed, data, partial: bool) -> None:
+    """Refuse, before any trial, a search whose space gives the adapter other shapes than
+    the starting one's (unless `partial`): each trial would fail the same way."""
+    if partial:
+        return
+    from .config import TrainConfig
+
+    shapes = data.train.shapes
+    theirs = initial.dims(shapes.layers, shapes.channels, shapes.token_dim)
+    default = TrainConfig()
+    for field, label in (("audio_window", "W"), ("vae_scale", "S"), ("intermediate_dim", "I"),
+                         ("norm_output_audio", "norm")):
+        values = probed.returned.get(field, {getattr(default, field)}) - {None}
+        wanted = getattr(theirs, field)
+        if values and values != {wanted}:
+            given = ", ".join(str(v) for v in sorted(values))
+            raise ConfigError(f"{FLAG} {initial.path}: the space sets {field} to {given}, but the "
+                              f"adapter's {label} is {wanted}: fix {field} at {wanted} in the "
+                              "space, or add --init-partial")
+
+
 def load_initial_adapter(model: AudioProjModel, initial: InitialAdapter, partial: bool = False) -> list[str]:
     """Check `initial` against `model.dims` and copy it in; returns the tensors left fresh."""
     state, fresh = check_initial_adapter(initial, model.dims, partial)

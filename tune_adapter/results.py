@@ -356,5 +356,23 @@ def baseline_verdict(trials_frame) -> str | None:
             f"{base['trial_id']} {base['best_val_l1']:.4f}: {gain:.1%} lower")
 
 
+def start_gain(row) -> float | None:
+    """How much lower a trial's best val_l1 is than its start's (epoch 0), as a fraction;
+    None for a search from before epoch 0 was measured."""
+    start = row.get("start_val_l1")
+    if start is None or is_nan(start) or not start or is_nan(row.get("best_val_l1")):
+        return None
+    return 1 - row["best_val_l1"] / start
+
+
+def start_line(row) -> str | None:
+    """One line: the trial's best val_l1 against its starting point's."""
+    gain = start_gain(row)
+    if gain is None:
+        return None
+    return (f"{row['trial_id']} started at val_l1 {row['start_val_l1']:.4f} (epoch 0): its best is "
+            f"{abs(gain):.1%} {'lower' if gain >= 0 else 'higher'}")
+
+
 def is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)

@@ -34,6 +34,8 @@ def search(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N epochs and at a trial's end (fewer: less I/O, coarser resume and export)")] = SearchOptions.checkpoint_every,
     baseline: Annotated[bool, typer.Option(help="First run the space's BASELINE (the guide's defaults), all epochs, to compare the winner with")] = SearchOptions.baseline,
     cache_dir: CacheDir = None,
+    init_from: Annotated[Optional[Path], typer.Option(help="Every trial starts from this adapter (as train --init-from) [INIT_FROM, else random]")] = None,
+    init_partial: Annotated[Optional[bool], typer.Option("--init-partial", help="With --init-from: load the layers whose shapes fit, start the others fresh [INIT_PARTIAL]")] = None,
     top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
 ):
     """Search hyperparameters with Ray Tune (Optuna samples, ASHA stops weak trials)."""
@@ -51,7 +53,7 @@ def search(
         gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, storage=storage, name=name,
         seed=seed, resume=resume, address=address, max_failures=max_failures,
         mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, cache_dir=cache_dir,
-        baseline=baseline,
+        baseline=baseline, init_from=init_from, init_partial=init_partial,
     )
     outcome = run_search(options, console=console)
     folder = outcome.experiment_dir

@@ -35,6 +35,8 @@ def train(
     resolve_device(config.device)
     resume_from = latest_checkpoint(resume) if resume is not None else None
     data = load_data(manifest, val_manifest, val_fraction, cache_dir)
+    if config.init_from:
+        console.print(describe_start(config, data), soft_wrap=True)  # refuses a mismatch first
     console.print(
         f"{len(data.train)} training clips, {len(data.val)} validation clips, "
         f"{data.train.layout()} targets; checkpoints in {output_dir}"
@@ -55,6 +57,19 @@ def train(
         saved = result.best_checkpoint_metrics
         console.print(f"best saved checkpoint (epoch {saved['epoch']}, val_l1 {saved['val_l1']:.4f}): "
                       f"{result.best_checkpoint}", soft_wrap=True)
+
+
+def describe_start(config: TrainConfig, data) -> str:
+    """Where the weights start, and the layers --init-partial leaves fresh."""
+    from ..init_from import check_initial_adapter, read_initial_adapter
+    from ..trainer import adapter_dims
+
+    initial = read_initial_adapter(Path(config.init_from))
+    dims = adapter_dims(config, data.train.shapes, initial)
+    _, fresh = check_initial_adapter(initial, dims, config.init_partial)
+    layers = sorted({name.split(".")[0] for name in fresh})
+    return (f"starting from {initial.source} ({initial.kind})"
+            + (f"; {', '.join(layers)} start fresh (--init-partial)" if layers else ""))
 
 
 def synth(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..results import baseline_verdict
+from ..results import baseline_verdict, start_gain, start_line
 from .experiment import RANK_METRIC, Experiment, is_missing
 from .importance import Importances
 
@@ -81,6 +81,7 @@ def _summary(experiment: Experiment) -> str:
                        f"{_number(best['best_epoch'])} ({best['status']})"),
         ("best parameters", ", ".join(f"{p}={_number(best[p])}" for p in experiment.params)),
         *([("baseline", verdict)] if (verdict := baseline_verdict(experiment.trials)) else []),
+        *([("its start", line)] if (line := start_line(best)) else []),
         ("search", f"metric {info.metric} ({info.mode}), up to {info.max_epochs} epochs, "
                    f"{info.num_samples} samples" + (f", space {info.space}" if info.space else "")),
     ]
@@ -93,7 +94,7 @@ def _top_table(experiment: Experiment) -> str:
     top = ranked[(ranked.index < TOP_TRIALS) | ranked["baseline"]]  # the baseline wherever it ranks
     best_id = experiment.best()["trial_id"]
     head = (["rank", "trial", "status"] + experiment.params
-            + ["best val_l1", "val_mse", "val_cos", "best epoch", "epochs"])
+            + ["best val_l1", "val_mse", "val_cos", "best epoch", "epochs", "vs start"])
     lines = ["<table class='top'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
              + "</tr></thead><tbody>"]
     # Records, not itertuples: a param name need not be a Python identifier.
@@ -105,6 +106,8 @@ def _top_table(experiment: Experiment) -> str:
         cells += [_td(row[p]) for p in experiment.params]
         cells += [_td(row[k]) for k in (RANK_METRIC, "best_val_mse", "best_val_cos",
                                         "best_epoch", "epochs")]
+        gain = start_gain(row)
+        cells.append(_td(f"{-gain:+.1%}" if gain is not None else None))
         lines.append(f"<tr class='result {_e(classes)}'>" + "".join(cells) + "</tr>")
         # The path gets a row of its own: it is long, and people copy it whole.
         lines.append(f"<tr class='checkpoint {_e(classes)}'><td></td><td colspan='{len(head) - 1}'>"

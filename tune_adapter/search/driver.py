@@ -20,6 +20,7 @@ from ..cpu_tuning import huge_pages_env
 from ..data import TrainData, load_data
 from ..errors import ConfigError
 from ..results import ExperimentInfo, TrialStore
+from ..init_from import check_init_space, read_initial_adapter
 from ..space import SEARCHABLE, SearchSpace, check_baseline, check_space, load_space, probe_space
 from .options import SHARED_GPU, SearchOptions
 from .storage import linking_filesystem
@@ -239,9 +240,12 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
     check_space(probed, space, None if data.train.is_frame_layout() else data.train.latent_scales())
     if options.baseline:
         check_baseline(probed, space)
+    if options.init_from is not None:
+        check_init_space(read_initial_adapter(Path(options.init_from)), probed, data, options.init_partial)
     info = experiment_info(options, space, probed.params, probed)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
-                       save_every=options.checkpoint_every,
+                       init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
+                       init_partial=options.init_partial, save_every=options.checkpoint_every,
                        moments_in_last_checkpoint=False,  # nothing resumes a finished trial
                        keep_freed_memory=keeps_freed_memory(options))
     return PreparedSearch(space, info, trial_setup(options, data, probed.params, base))

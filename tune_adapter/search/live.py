@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from ray.tune import Callback
 
-from ..results import ExperimentInfo, baseline_verdict, is_nan
+from ..results import ExperimentInfo, baseline_verdict, is_nan, start_line
 from .optuna_pruned import BASELINE_KEY
 
 STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
@@ -111,8 +111,8 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
         where = next((v for v in (row["best_checkpoint"], row["error"]) if isinstance(v, str) and v),
                      "no checkpoint kept")
         paths.append(f"#{rank} {row['trial_id']}: {short_path(where)}\n")
-    verdict = baseline_verdict(ranked)
-    return Group(table, paths, Text(verdict)) if verdict else Group(table, paths)
+    lines = [baseline_verdict(ranked), start_line(ranked.iloc[0]) if len(ranked) else None]
+    return Group(table, paths, *(Text(line) for line in lines if line))
 
 
 def _is_baseline(row: dict) -> bool:

@@ -10,7 +10,8 @@ from ..errors import ConfigError
 # Flags a space file may default with an upper-case constant (NUM_SAMPLES = 32, ...): a
 # flag left out takes the space's constant, else SearchOptions' default.
 SPACE_CONSTANTS = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
-                   "gpus_per_trial", "max_concurrent", "max_failures", "seed")
+                   "gpus_per_trial", "max_concurrent", "max_failures", "seed", "init_from",
+                   "init_partial")
 SHARED_GPU = 0.25  # gpus_per_trial when it is None and the cluster has GPUs
 
 
@@ -41,6 +42,8 @@ class SearchOptions:
     quiet: bool = False  # no live table (tests, scripts)
     baseline: bool = True  # run the space's BASELINE as the first trial (--no-baseline: off)
     sampler: str = "tpe"  # "tpe", or "random" (the quality benchmark's comparison)
+    init_from: Path | None = None  # every trial starts from this adapter (init_from.py)
+    init_partial: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
