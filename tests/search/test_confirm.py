@@ -193,3 +193,12 @@ def test_the_verdict_says_noise_when_the_interval_spans_zero():
     steady = runs.assign(best_val_l1=[0.10, 0.12, 0.11, 0.20, 0.22, 0.21])
     assert "noise" not in advantage_line(steady, "a", "b", "baseline")
     assert summarize(steady).iloc[0]["trial_id"] == "a"
+
+
+@pytest.mark.slow
+def test_the_report_has_a_confirmation_section(confirmed, tmp_path):
+    from tune_adapter.report import write_report
+
+    page = write_report(confirmed["folder"], tmp_path / "report.html").read_text()
+    assert "Confirmation over seeds" in page and "confirmed winner" in page and "test_l1 mean" in page
+    assert "alt='confirmed configurations&#x27; runs over seeds' src='data:image/png;base64," in page
