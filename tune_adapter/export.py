@@ -52,6 +52,14 @@ def export_adapter(checkpoint_dir: Path, out_dir: Path, info: dict) -> Path:
     return out_dir
 
 
+def load_checkpoint_model(checkpoint_dir: Path) -> AudioProjModel:
+    """A fresh AudioProjModel holding a trainer checkpoint's weights (e.g. to score it)."""
+    dims, tensors = read_checkpoint_adapter(checkpoint_dir)
+    model = AudioProjModel(dims)
+    model.load_state_dict({k.removeprefix(PREFIX): v for k, v in tensors.items()}, strict=True)
+    return model
+
+
 def checkpoint_info(checkpoint_dir: Path) -> dict:
     """What a trainer checkpoint says about itself: epoch, metrics, training config."""
     state = json.loads((Path(checkpoint_dir) / STATE_FILE).read_text())

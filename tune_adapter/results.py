@@ -256,7 +256,8 @@ def generation_of(table: pa.Table) -> int | None:
     return int(value) if value is not None else None
 
 
-def read_pair(folder: Path, tries: int = 20, pause_s: float = 0.05) -> tuple[pa.Table, pa.Table]:
+def read_pair(folder: Path, tries: int = 20, pause_s: float = 0.05, trials_file: str = TRIALS_FILE,
+              epochs_file: str = EPOCHS_FILE) -> tuple[pa.Table, pa.Table]:
     """trials.parquet and epochs.parquet of the same write.
 
     The driver rewrites both after every result: read one after the other, they can come
@@ -265,8 +266,8 @@ def read_pair(folder: Path, tries: int = 20, pause_s: float = 0.05) -> tuple[pa.
     renames leaves, and is returned as it is."""
     folder = Path(folder)
     for _ in range(tries):
-        trials = read_table(folder / TRIALS_FILE)
-        epochs = read_table(folder / EPOCHS_FILE) if (folder / EPOCHS_FILE).is_file() else \
+        trials = read_table(folder / trials_file)
+        epochs = read_table(folder / epochs_file) if (folder / epochs_file).is_file() else \
             _table([], _epochs_schema(), {})  # a crash right after the very first rename
         if generation_of(trials) == generation_of(epochs):
             break

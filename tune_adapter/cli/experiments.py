@@ -67,6 +67,33 @@ def search(
     console.print(f"results: {folder}/trials.parquet, epochs.parquet", soft_wrap=True)
 
 
+def confirm(
+    experiment: Experiment = None,
+    top: Annotated[int, typer.Option(help="Best configurations to rerun (by best val_l1), plus the baseline")] = 3,
+    seeds: Annotated[int, typer.Option(help="Runs per configuration, training seeds 0..N-1")] = 3,
+    test_manifest: Annotated[Optional[Path], typer.Option(help="Held-out clips scored once per run at its best-val checkpoint (refused if they share a clip with training or validation)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of every run [the search's max epochs]")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs per run [the search's]")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU fraction per run [the search's]")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option(help="Runs at once [the search's, else as resources allow]")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped confirmation (with its own --top, --seeds, --epochs, --test-manifest)")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one")] = None,
+):
+    """Rerun a search's best configurations over seeds, all epochs: is the winner better than noise?"""
+    from ..confirmation import CONFIRM_EPOCHS_FILE, CONFIRM_FILE, confirm_table, read_confirm
+    from ..display import console
+    from ..results import latest_experiment
+    from ..search.confirm import ConfirmOptions, run_confirm
+
+    options = ConfirmOptions(experiment=experiment if experiment is not None else latest_experiment(),
+                             top=top, seeds=seeds, test_manifest=test_manifest, epochs=epochs, resume=resume,
+                             address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                             max_concurrent=max_concurrent)
+    folder = run_confirm(options, console=console)
+    console.print(confirm_table(read_confirm(folder), f"confirmation of {folder.name}"))
+    console.print(f"results: {folder / CONFIRM_FILE}, {CONFIRM_EPOCHS_FILE}", soft_wrap=True)
+
+
 def results(
     experiment: Experiment = None,
     epochs: Annotated[bool, typer.Option("--epochs", help="One row per trial per epoch")] = False,
@@ -106,13 +133,21 @@ def best(
     from ..results import best_trial, open_experiment, read_epochs, read_trials
     from ..search.live import top_trials_table
 
+    from ..confirmation import confirm_table, has_confirmation, read_confirm
+
     folder, info = open_experiment(experiment)
     trials = read_trials(folder)
     console.print(f"experiment {folder}", soft_wrap=True)
     console.print(top_trials_table(trials, info.params, top, f"top {top} trials"))
+    confirmed = read_confirm(folder) if has_confirmation(folder) else None
+    if confirmed is not None:
+        console.print(confirm_table(confirmed, "confirmation over seeds (tune-adapter confirm)"))
     if export is None:
         if merge_into is not None:
             raise UserError("--merge-into needs --export DIR (the merged copy is written there)")
+        return
+    if confirmed is not None:
+        export_confirmed(folder, info, confirmed, export, merge_into, merged_file, allow_config_change)
         return
     winner = best_trial(trials, read_epochs(folder), folder)
     epoch, best_epoch = winner["export_epoch"], winner["best_epoch"]
@@ -124,6 +159,38 @@ def best(
     console.print(f"exporting trial {winner['trial_id']} at epoch {epoch}, val_l1 "
                   f"{winner['export_val_l1']:.4f}{note}", soft_wrap=True)
     write_export(Path(winner["export_checkpoint"]), export, record, merge_into, merged_file, allow_config_change)
+
+
+def export_confirmed(folder: Path, info, runs, out: Path, merge_into: Path | None, merged_file: Path | None,
+                     allow_config_change: bool) -> None:
+    """Export the confirmed winner's run with the lowest val_l1, recording the confirmation."""
+    from ..confirmation import confirm_record, winner_run
+    from ..display import console
+
+    run = winner_run(runs)
+    if run is None:
+        raise UserError(f"{folder}: the confirmed winner has no finished run with a checkpoint: "
+                        "let `tune-adapter confirm --resume` finish")
+    params = [p for p in info.params if p in run]
+    record = {"experiment": str(folder), "trial_id": run["trial_id"], "run_id": run["run_id"],
+              "seed": int(run["seed"]), "status": run["status"], "epoch": _int(run["test_epoch"]),
+              "best_epoch": _int(run["best_epoch"]), "parameters": {p: run[p] for p in params},
+              "metrics": {k: run[f"best_{k}"] for k in ("val_l1", "val_mse", "val_cos")},
+              "confirm": confirm_record(runs, run["trial_id"])}
+    if record["epoch"] is None:  # no test set: the run's checkpointed best epoch
+        from ..checkpoint import STATE_FILE
+        import json
+
+        record["epoch"] = json.loads((Path(run["checkpoint"]) / STATE_FILE).read_text())["epoch"]
+    if run.get("test_l1") == run.get("test_l1") and run.get("test_l1") is not None:
+        record["test_metrics"] = {k: run[k] for k in ("test_l1", "test_mse", "test_cos")}
+    console.print(f"exporting the confirmed winner {run['trial_id']}: run {run['run_id']} (seed {run['seed']}), "
+                  f"its lowest val_l1 over seeds, {run['best_val_l1']:.4f}", soft_wrap=True)
+    write_export(Path(run["checkpoint"]), out, record, merge_into, merged_file, allow_config_change)
+
+
+def _int(value):
+    return None if value is None or value != value else int(value)
 
 
 def export(

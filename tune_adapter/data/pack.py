@@ -1,7 +1,8 @@
 """The packed cache: validated clips stored back to back in memory-mappable files.
 
 A pack is a folder holding `audio.f32` (`[frames, L, C]`), `targets.f32` (`[rows, K, D]`)
-and `index.json` (offsets, lengths, weights, names). Its name is a hash of the clip list,
+and `index.json` (offsets, lengths, weights, names, and a hash of each clip's audio tensor,
+so a test set can be checked apart from them by content). Its name is a hash of the clip list,
 the files' sizes and modification times, so an unchanged manifest reuses it and any change
 builds a new one. Every reader maps the same files: concurrent trials share one copy of the
 data through the page cache, and data larger than memory still works.
@@ -173,11 +174,13 @@ def _write_pack(entries: list[ClipEntry], folder: Path) -> None:
             first_shapes = first_shapes or (entry, shapes)
             check_same_shapes(entry, shapes, *first_shapes)
             check_target_length(entry, audio.shape[0], target.shape[0])
-            fa.write(audio.numpy().tobytes())
+            audio_bytes = audio.numpy().tobytes()
+            fa.write(audio_bytes)
             ft.write(target.numpy().tobytes())
             index["clips"].append({
                 "name": entry.audio_as_written, "audio": str(entry.audio),
                 "target": str(entry.target), "weight": entry.weight,
+                "audio_sha256": hashlib.sha256(audio_bytes).hexdigest(),
                 "frames": audio.shape[0], "audio_offset": audio_rows,
                 "target_rows": target.shape[0], "target_offset": target_rows,
             })
@@ -231,6 +234,20 @@ def open_pack(root: Path, source: str = "") -> PackedClips:
         weights=column("weight", torch.float32),
         shapes=shapes,
     )
+
+
+def clip_identities(pack: PackedClips) -> list[tuple[str, str, str]]:
+    """(name, resolved audio path, sha256 of the audio tensor) per clip: what tells a held-out
+    clip from a training one. Packs built before the hash was stored hash their mapped rows."""
+    clips = json.loads((Path(pack.root) / "index.json").read_text())["clips"]
+    found = []
+    for c in clips:
+        digest = c.get("audio_sha256")
+        if digest is None:
+            rows = pack.audio[c["audio_offset"]:c["audio_offset"] + c["frames"]]
+            digest = hashlib.sha256(rows.contiguous().numpy().tobytes()).hexdigest()
+        found.append((c["name"], c["audio"], digest))
+    return found
 
 
 def _map(path: Path, rows: int, row_shape: tuple[int, int]) -> torch.Tensor:

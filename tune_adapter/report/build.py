@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..confirmation import finished_runs, has_confirmation, read_confirm
 from .experiment import load_experiment
 from .html import Figures, render
 from .importance import param_importances
-from .plots import best_so_far_figure, curves_figure, importance_figure, params_figure, png
+from .plots import best_so_far_figure, confirm_figure, curves_figure, importance_figure, params_figure, png
 
 
 def write_report(experiment_dir: Path, out: Path) -> Path:
@@ -21,10 +22,15 @@ def write_report(experiment_dir: Path, out: Path) -> Path:
         params=png(params_figure(experiment)),
         importance=png(importance_figure(importances)) if importances.values else None,
     )
+    confirmation = None
+    if has_confirmation(experiment.folder):
+        runs = read_confirm(experiment.folder)
+        if not finished_runs(runs).empty:
+            confirmation = (runs, png(confirm_figure(runs)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: a failed render never leaves half a report behind.
     staging = out.with_name(f".{out.name}.tmp")
-    staging.write_text(render(experiment, figures, importances), encoding="utf-8")
+    staging.write_text(render(experiment, figures, importances, confirmation), encoding="utf-8")
     os.replace(staging, out)
     return out

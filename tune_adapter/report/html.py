@@ -49,7 +49,9 @@ class Figures:
     importance: bytes | None
 
 
-def render(experiment: Experiment, figures: Figures, importances: Importances) -> str:
+def render(experiment: Experiment, figures: Figures, importances: Importances,
+           confirmation: tuple | None = None) -> str:
+    """The page; `confirmation`: (confirm.parquet's runs, their figure) when there is one."""
     title = f"tune-adapter report: {experiment.info.name}"
     body = "\n".join([
         f"<h1>{_e(title)}</h1>",
@@ -61,6 +63,7 @@ def render(experiment: Experiment, figures: Figures, importances: Importances) -
         "<h2>Parameters</h2>", _image(figures.params, "each parameter against best val_l1"),
         "<h2>Parameter importance</h2>", _importance(figures.importance, importances),
         "<h2>Top trials</h2>", _top_table(experiment),
+        _confirmation(*confirmation) if confirmation is not None else "",
         _errors(experiment),
     ])
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -115,6 +118,27 @@ def _top_table(experiment: Experiment) -> str:
     lines.append("</tbody></table>")
     shown = f"best {min(len(top), TOP_TRIALS)} of {len(ranked)} trials with a val_l1"
     return "\n".join(lines) + f"<p class='caption'>{_e(shown)}, ranked by best val_l1.</p>"
+
+
+def _confirmation(runs, image: bytes) -> str:
+    """The best configurations rerun over seeds (`tune-adapter confirm`)."""
+    from ..confirmation import summarize, verdict_lines
+
+    summary = summarize(runs)
+    head = ["trial", "seeds", "val_l1 mean", "val_l1 sd", "min", "max", "test_l1 mean", "test_l1 sd"]
+    lines = ["<table class='top'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for row in summary.to_dict("records"):
+        name = row["trial_id"] + (" (baseline)" if row["baseline"] else "")
+        lines.append(f"<tr><td class='trial'>{_e(name)}</td>" + "".join(
+            _td(row[k]) for k in ("runs", "val_mean", "val_sd", "val_min", "val_max", "test_mean", "test_sd"))
+            + "</tr>")
+    lines.append("</tbody></table>")
+    verdict = "".join(f"<li>{_e(line)}</li>" for line in verdict_lines(runs))
+    return "\n".join([
+        "<h2>Confirmation over seeds</h2>", _image(image, "confirmed configurations' runs over seeds"),
+        "<p class='caption'>One dot per training seed, all epochs, no pruning; bars: mean ± sd. "
+        "Test metrics are scored at each run's best-val checkpoint and chose nothing.</p>",
+        *lines, f"<ul class='verdict'>{verdict}</ul>"])
 
 
 def _importance(image: bytes | None, importances: Importances) -> str:

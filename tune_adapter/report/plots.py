@@ -205,3 +205,31 @@ def _legend_outside(ax, **kwargs) -> None:
 
 def _style(status: str) -> dict:
     return STATUS_STYLE.get(status, STATUS_STYLE["completed"])
+
+
+def confirm_figure(runs) -> Figure:
+    """Each confirmed configuration's runs as dots (one per seed) with mean +- sd, best mean
+    val_l1 first; val_l1 and, when scored, test_l1 side by side."""
+    from ..confirmation import finished_runs, summarize
+
+    summary, done = summarize(runs), finished_runs(runs)
+    metrics = [("best_val_l1", "val_l1 (best epoch)")]
+    if done["test_l1"].notna().any():
+        metrics.append(("test_l1", "test_l1 (at that epoch)"))
+    figure = Figure(figsize=(WIDTH, 0.5 * len(summary) + 1.6), layout="constrained")
+    axes = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    labels = [t + (" (baseline)" if b else "") for t, b in zip(summary["trial_id"], summary["baseline"])]
+    for ax, (column, title) in zip(axes, metrics):
+        for y, trial_id in enumerate(summary["trial_id"]):
+            values = done[done["trial_id"] == trial_id][column].dropna().to_numpy(dtype=float)
+            color = BEST_COLOR if y == 0 else STATUS_STYLE["completed"]["color"]
+            ax.scatter(values, np.full(len(values), y), color=color, alpha=0.7, zorder=3)
+            if len(values):
+                sd = values.std(ddof=1) if len(values) > 1 else 0.0
+                ax.errorbar(values.mean(), y + 0.25, xerr=sd, fmt="|", color="#333333", capsize=4,
+                            markersize=12)
+        ax.set_title(title)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].set_ylim(len(labels) - 0.5, -0.5)
+    return figure

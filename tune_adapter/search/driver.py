@@ -45,13 +45,35 @@ class SearchOutcome:
         return self.finished >= self.num_samples
 
 
-def prepare_data(options: SearchOptions) -> TrainData:
-    manifest, val_manifest, val_fraction = options.manifest, options.val_manifest, options.val_fraction
+def data_sources(options: SearchOptions) -> dict:
+    """The manifests a search trains and validates on (the quickstart's when none is given),
+    as absolute paths: saved with the experiment, so `confirm` trains on the same clips."""
+    manifest, val_manifest = options.manifest, options.val_manifest
     if manifest is None:
         from .quickstart import quickstart_manifests
 
         manifest, val_manifest = quickstart_manifests(Path(options.storage))
-    return load_data(manifest, val_manifest, val_fraction, options.cache_dir)
+    return {"manifest": str(Path(manifest).resolve()),
+            "val_manifest": None if val_manifest is None else str(Path(val_manifest).resolve()),
+            "val_fraction": options.val_fraction,
+            "cache_dir": None if options.cache_dir is None else str(Path(options.cache_dir).resolve())}
+
+
+def load_sources(sources: dict) -> TrainData:
+    return load_data(sources["manifest"], sources["val_manifest"], sources["val_fraction"],
+                     sources["cache_dir"] and Path(sources["cache_dir"]))
+
+
+def prepare_data(options: SearchOptions) -> TrainData:
+    return load_sources(data_sources(options))
+
+
+def search_record(options: SearchOptions, sources: dict) -> dict:
+    """What a later `confirm` needs to train as this search's trials did (ExperimentInfo.extra)."""
+    return {"data": sources, "mixed_precision": options.mixed_precision,
+            "checkpoint_every": options.checkpoint_every, "cpus_per_trial": options.cpus_per_trial,
+            "gpus_per_trial": options.gpus_per_trial, "max_concurrent": options.max_concurrent,
+            "max_failures": options.max_failures}
 
 
 def experiment_info(options: SearchOptions, space: SearchSpace, params: list[str], probed) -> ExperimentInfo:
@@ -235,7 +257,8 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
     """Everything checked before Ray starts: folder, data, space; then what trials share."""
     space = load_space(options.space)
     check_experiment_folder(options)
-    data = prepare_data(options)
+    sources = data_sources(options)
+    data = load_sources(sources)
     probed = probe_space(space, options.seed)
     check_space(probed, space, None if data.train.is_frame_layout() else data.train.latent_scales())
     if options.baseline:
@@ -243,6 +266,7 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
     if options.init_from is not None:
         check_init_space(read_initial_adapter(Path(options.init_from)), probed, data, options.init_partial)
     info = experiment_info(options, space, probed.params, probed)
+    info.extra["search"] = search_record(options, sources)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
                        init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
                        init_partial=options.init_partial, save_every=options.checkpoint_every,

@@ -1,0 +1,204 @@
+"""`tune-adapter confirm`: a tiny search's best configurations rerun over seeds, a held-out
+test set kept apart, and `best --export` of the confirmed winner."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tune_adapter.cli import app
+from tune_adapter.confirmation import (
+    CONFIRM_EPOCHS_FILE,
+    CONFIRM_FILE,
+    advantage_line,
+    paired_bootstrap,
+    read_confirm,
+    summarize,
+)
+from tune_adapter.results import read_epochs, read_trials
+from tune_adapter.search import SearchOptions, run_search
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "search_spaces" / "tiny.py"
+WIDE = {"COLUMNS": "200"}
+
+
+def absolute_entries(manifest: Path) -> list[dict]:
+    entries = json.loads(manifest.read_text())
+    return [{**e, "audio": str((manifest.parent / e["audio"]).resolve()),
+             "target": str((manifest.parent / e["target"]).resolve())} for e in entries]
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory, synth_small):
+    """A 3-trial search on 9 of synth_small's training clips, then `confirm --top 2 --seeds 3`
+    with the other 3 as the test set."""
+    work = tmp_path_factory.mktemp("confirm")
+    clips = absolute_entries(synth_small["train"])
+    (work / "train.json").write_text(json.dumps(clips[:9]))
+    (work / "test.json").write_text(json.dumps(clips[9:]))
+    options = SearchOptions(space=TINY, manifest=work / "train.json", val_manifest=synth_small["val"],
+                            num_samples=3, max_epochs=2, grace_period=1, reduction_factor=2,
+                            storage=work / "results", name="tiny", quiet=True, seed=0,
+                            cache_dir=work / "cache")
+    folder = run_search(options).experiment_dir
+    result = CliRunner().invoke(app, ["confirm", "--experiment", str(folder), "--top", "2", "--seeds", "3",
+                                      "--test-manifest", str(work / "test.json")], env=WIDE)
+    assert result.exit_code == 0, result.output
+    return {"work": work, "folder": folder, "output": result.output}
+
+
+@pytest.mark.slow
+def test_confirm_reruns_the_top_configurations_over_seeds(confirmed):
+    folder = confirmed["folder"]
+    trials, runs = read_trials(folder), read_confirm(folder)
+    top2 = set(trials.sort_values("best_val_l1").head(2)["trial_id"])
+    expected = top2 | set(trials[trials["baseline"]]["trial_id"])
+    assert set(runs["trial_id"]) == expected and len(runs) == 3 * len(expected) >= 6
+    assert (runs["status"] == "completed").all() and (runs["epochs"] == 2).all()
+    for _, group in runs.groupby("trial_id"):
+        assert sorted(group["seed"]) == [0, 1, 2]
+    assert runs[["test_l1", "test_mse", "test_cos", "best_val_l1"]].notna().all().all()
+    assert runs["checkpoint"].map(lambda p: Path(p, "adapter.safetensors").is_file()).all()
+    # The test metrics come from the best-val epoch's checkpoint.
+    assert (runs["test_epoch"] == runs["best_epoch"]).all()
+    epochs = pd.read_parquet(folder / CONFIRM_EPOCHS_FILE)
+    assert len(epochs) == 2 * len(runs) and set(epochs["run_id"]) == set(runs["run_id"])
+    # Parameters are the search trial's.
+    for row in runs.to_dict("records"):
+        source = trials[trials["trial_id"] == row["trial_id"]].iloc[0]
+        assert row["lr"] == source["lr"] and row["batch_size"] == source["batch_size"]
+    for text in ("val_l1 mean ± sd", "test_l1 mean ± sd", "confirmed winner", "runner-up", "95% interval"):
+        assert text in confirmed["output"]
+    assert not (folder / "confirm" / ".scratch").exists()
+
+
+@pytest.mark.slow
+def test_the_same_seed_reproduces_the_same_metrics(confirmed):
+    """Seed 0 is the seed every search trial trained with: each configuration's seed-0 run
+    repeats its search trial epoch by epoch; other seeds differ."""
+    folder = confirmed["folder"]
+    runs = read_confirm(folder)
+    searched, rerun = read_epochs(folder), pd.read_parquet(folder / CONFIRM_EPOCHS_FILE)
+    for trial_id in set(runs["trial_id"]):
+        before = searched[searched["trial_id"] == trial_id].set_index("epoch")
+        mine = rerun[rerun["trial_id"] == trial_id]
+        seed0 = mine[mine["seed"] == 0].set_index("epoch").loc[before.index]
+        np.testing.assert_allclose(seed0["val_l1"], before["val_l1"], rtol=1e-6)
+        seed1 = mine[mine["seed"] == 1].set_index("epoch").loc[before.index]
+        assert not np.allclose(seed1["val_l1"], before["val_l1"], rtol=1e-6)
+
+
+def refused(folder: Path, test: Path) -> str:
+    result = CliRunner().invoke(app, ["confirm", "--experiment", str(folder), "--top", "1", "--seeds", "1",
+                                      "--test-manifest", str(test)], env=WIDE)
+    assert result.exit_code == 2, result.output
+    return result.output
+
+
+@pytest.mark.slow
+def test_a_test_set_sharing_a_clip_with_validation_is_refused(confirmed, synth_small, tmp_path):
+    folder, work = confirmed["folder"], confirmed["work"]
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    val = absolute_entries(synth_small["val"])
+    clips = absolute_entries(work / "test.json")
+    by_path = tmp_path / "by_path.json"
+    by_path.write_text(json.dumps(clips[:1] + val[1:2]))
+    out = refused(folder, by_path)
+    assert "validation clip" in out and Path(val[1]["audio"]).name in out and len(out.strip().splitlines()) == 1
+    # The same audio under another name: found by the hash of its tensor.
+    copy = tmp_path / "renamed_audio.pt"
+    shutil.copyfile(val[2]["audio"], copy)
+    by_content = tmp_path / "by_content.json"
+    by_content.write_text(json.dumps(clips[:1] + [{**val[2], "audio": str(copy)}]))
+    out = refused(folder, by_content)
+    assert "same audio as validation clip" in out and "renamed_audio.pt" in out
+    # A training clip too.
+    by_train = tmp_path / "by_train.json"
+    by_train.write_text(json.dumps(absolute_entries(work / "train.json")[:1]))
+    assert "training clip" in refused(folder, by_train)
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before  # nothing written
+
+
+@pytest.mark.slow
+def test_best_export_exports_the_confirmed_winner(confirmed, tmp_path):
+    folder = confirmed["folder"]
+    runs = read_confirm(folder)
+    summary = summarize(runs)
+    winner = summary.iloc[0]["trial_id"]
+    mine = runs[runs["trial_id"] == winner].sort_values("best_val_l1").iloc[0]
+    runner = CliRunner()
+    shown = runner.invoke(app, ["best", "--experiment", str(folder)], env=WIDE)
+    assert shown.exit_code == 0 and "confirmation over seeds" in shown.output
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["best", "--experiment", str(folder), "--export", str(out)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert f"confirmed winner {winner}" in result.output and mine["run_id"] in result.output
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["trial_id"] == winner and config["run_id"] == mine["run_id"] and config["seed"] == mine["seed"]
+    section = config["confirm"]
+    assert section["seeds"] == [0, 1, 2]
+    assert section["val_l1_mean"] == pytest.approx(summary.iloc[0]["val_mean"])
+    assert section["val_l1_sd"] == pytest.approx(summary.iloc[0]["val_sd"])
+    assert section["test_l1_mean"] == pytest.approx(summary.iloc[0]["test_mean"])
+    assert config["test_metrics"]["test_l1"] == pytest.approx(mine["test_l1"])
+    from tune_adapter.export import load_exported
+    from tune_adapter.trainer import evaluate_pack
+    from tune_adapter.data import load_data
+
+    test = load_data(confirmed["work"] / "test.json", confirmed["work"] / "test.json").val
+    assert evaluate_pack(load_exported(out), test)["val_l1"] == pytest.approx(mine["test_l1"], rel=1e-5)
+
+
+def test_a_confirmation_is_not_run_twice_without_resume(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    result = CliRunner().invoke(app, ["confirm", "--experiment", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "trials.parquet" in result.output
+
+
+# -- the statistics ------------------------------------------------------------------------
+
+
+def test_paired_bootstrap_of_a_constant_difference_is_that_difference():
+    mean, low, high = paired_bootstrap([1.5, 2.5, 3.5], [1.0, 2.0, 3.0])
+    assert (mean, low, high) == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_paired_bootstrap_pairs_by_position_and_is_seeded():
+    worse = [0.30, 0.20, 0.25, 0.22]
+    better = [0.29, 0.21, 0.24, 0.23]  # differences +-0.01: noise
+    mean, low, high = paired_bootstrap(worse, better)
+    assert mean == pytest.approx(0.0, abs=1e-12) and low < 0 < high
+    assert paired_bootstrap(worse, better) == (mean, low, high)
+    # Unpaired, the spread between configurations would swamp it; paired, a steady gain shows.
+    gain = paired_bootstrap([0.30, 0.20, 0.25, 0.22], [0.29, 0.19, 0.245, 0.21])
+    assert 0 < gain[1] <= gain[0] <= gain[2]
+    # Resamples of the four differences {0.01, 0.01, 0.005, 0.01}: means lie in [0.005, 0.01].
+    assert gain[1] >= 0.005 - 1e-12 and gain[2] <= 0.01 + 1e-12
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0, 2.0], [1.0])
+
+
+def test_the_verdict_says_noise_when_the_interval_spans_zero():
+    runs = pd.DataFrame({
+        "trial_id": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2, "status": "completed",
+        "baseline": [False] * 3 + [True] * 3,
+        "best_val_l1": [0.10, 0.12, 0.11, 0.11, 0.11, 0.115], "test_l1": np.nan})
+    line = advantage_line(runs, "a", "b", "baseline")
+    assert "not distinguishable from noise" in line and "3 paired seeds" in line
+    steady = runs.assign(best_val_l1=[0.10, 0.12, 0.11, 0.20, 0.22, 0.21])
+    assert "noise" not in advantage_line(steady, "a", "b", "baseline")
+    assert summarize(steady).iloc[0]["trial_id"] == "a"
+
+
+@pytest.mark.slow
+def test_the_report_has_a_confirmation_section(confirmed, tmp_path):
+    from tune_adapter.report import write_report
+
+    page = write_report(confirmed["folder"], tmp_path / "report.html").read_text()
+    assert "Confirmation over seeds" in page and "confirmed winner" in page and "test_l1 mean" in page
+    assert "alt='confirmed configurations&#x27; runs over seeds' src='data:image/png;base64," in page
