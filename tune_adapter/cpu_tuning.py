@@ -5,7 +5,7 @@ GPU, torch's caching allocator already keeps freed memory, and clipping must not
 the norm). The trainer calls `start_run` when a run starts, `before_validation` before it
 validates, and `clip_gradients` in its step; `request_huge_pages` runs where a process
 starts (the CLI, a search's Ray workers), never on import. Each part was kept because it
-measurably helps (docs/performance.md; figures in docs/cpu_tuning_figures.md):
+measurably helps (docs/performance.md, CPU tuning):
 
 - a kept heap: glibc keeps freed blocks for the next step instead of returning them to
   the OS, so a step's large tensors are not faulted in afresh every step;

@@ -47,12 +47,11 @@ class Runtime:
 def bf16_matmul():
     """float32 matrix products computed by oneDNN in bf16 (AMX), float32 in and out.
 
-    Chosen over CPU bf16 autocast by measurement (README.md, Performance): autocast casts all
-    74M float32 weights to bf16 every forward and the bf16 weight gradients back to float32
-    in backward, about 70 ms of a 220 ms step on the 2-core bench CPU; oneDNN converts
-    while it packs the operands, so those passes disappear, and the weight gradients come
-    out in float32 with float32 accumulation. The setting is process-wide, so it is
-    restored on exit: nothing outside the step sees it.
+    Chosen over CPU bf16 autocast by measurement (docs/performance.md): autocast casts every
+    float32 weight to bf16 each forward and the bf16 weight gradients back in backward;
+    oneDNN converts while it packs the operands, so those passes disappear, and the weight
+    gradients come out in float32 with float32 accumulation. The setting is process-wide,
+    so it is restored on exit: nothing outside the step sees it.
     """
     settings = torch.backends.mkldnn.matmul
     previous = settings.fp32_precision

@@ -63,3 +63,20 @@ def test_search_quality_runs_every_method_and_compares_them(tmp_path):
     rows = rows_of(quality_sections(results))
     assert rows["(a) / (c)"] == result.ratios("guide")[0]
     assert not list((tmp_path / "results").glob("small-*"))  # the bench removes its experiments
+
+
+@pytest.mark.slow
+def test_bench_confirm_confirms_each_search_and_compares_the_winners(tmp_path):
+    """bench --confirm end to end on one small task, one epoch: the wiring, not the figures."""
+    from tune_adapter.bench.confirm import bench_confirm, confirm_sections
+    from tune_adapter.bench.quality import QualityTask
+    from tune_adapter.synth import SynthSpec
+
+    task = QualityTask("small", SynthSpec(train_clips=12, val_clips=4, min_frames=5, max_frames=30))
+    results = bench_confirm(tmp_path, ROOT / "search_spaces", seeds=1, tasks=(task,),
+                            overrides={"num_samples": 3, "max_epochs": 1})
+    ((outcome,),) = [r.outcomes for r in results]
+    assert math.isfinite(outcome.optimism) and outcome.optimism > 0
+    rows = rows_of(confirm_sections(results))
+    assert rows["search winner confirmed"] == int(outcome.same_winner)
+    assert not list((tmp_path / "results").glob("small-*"))  # the bench removes its experiments

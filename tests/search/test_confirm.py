@@ -67,7 +67,9 @@ def test_confirm_reruns_the_top_configurations_over_seeds(confirmed):
     # The test metrics come from the best-val epoch's checkpoint.
     assert (runs["test_epoch"] == runs["best_epoch"]).all()
     epochs = pd.read_parquet(folder / CONFIRM_EPOCHS_FILE)
-    assert len(epochs) == 2 * len(runs) and set(epochs["run_id"]) == set(runs["run_id"])
+    # Epochs 1 and 2 of every run, and epoch 0: its start, measured before the first step.
+    assert len(epochs) == 3 * len(runs) and set(epochs["run_id"]) == set(runs["run_id"])
+    assert sorted(set(epochs["epoch"])) == [0, 1, 2]
     # Parameters are the search trial's.
     for row in runs.to_dict("records"):
         source = trials[trials["trial_id"] == row["trial_id"]].iloc[0]

@@ -20,7 +20,8 @@ def bench(
     search: Annotated[bool, typer.Option("--search", help="Instead: memory and overhead of two concurrent trials")] = False,
     asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
     quality: Annotated[bool, typer.Option("--quality", help="Instead: the default search against random search, the guide's defaults and a grid, on 4 synthetic tasks")] = False,
-    seeds: Annotated[int, typer.Option(help="--quality: search seeds per task")] = 3,
+    confirm: Annotated[bool, typer.Option("--confirm", help="Instead: on the --quality tasks, how often `confirm` keeps the search's winner")] = False,
+    seeds: Annotated[int, typer.Option(help="--quality, --confirm: search seeds per task")] = 3,
     faults: Annotated[bool, typer.Option("--faults", help="Instead: kill tiny searches at many moments, resume, check the records")] = False,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
     trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time (16: a default search's size)")] = 16,
@@ -40,6 +41,13 @@ def bench(
         with console.status("benchmarking: search quality (real searches; about 40 minutes on 2 cores)"):
             results = bench_quality(work_dir / "quality", Path("search_spaces"), seeds=seeds)
         console.print(sections_table("tune-adapter bench: search quality", quality_sections(results)))
+        return
+    if confirm:
+        from ..bench.confirm import bench_confirm, confirm_sections
+
+        with console.status("benchmarking: confirmation (a search and a confirmation per task and seed)"):
+            results = bench_confirm(work_dir / "confirm", Path("search_spaces"), seeds=seeds)
+        console.print(sections_table("tune-adapter bench: confirmation", confirm_sections(results)))
         return
     if faults:
         bench_faults_command(work_dir)
