@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..confirmation import finished_runs, has_confirmation, read_confirm
 from .experiment import load_experiment
 from .html import Figures, render
@@ -29,8 +29,6 @@ def write_report(experiment_dir: Path, out: Path) -> Path:
             confirmation = (runs, png(confirm_figure(runs)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a failed render never leaves half a report behind.
-    staging = out.with_name(f".{out.name}.tmp")
-    staging.write_text(render(experiment, figures, importances, confirmation), encoding="utf-8")
-    os.replace(staging, out)
+    html = render(experiment, figures, importances, confirmation)
+    atomic_write(out, lambda staging: staging.write_text(html, encoding="utf-8"))  # never half a report
     return out
