@@ -355,3 +355,25 @@ def test_a_search_from_a_file_starts_every_trial_there(synth_small, tmp_path):
     assert len(starts) == 2 and starts["val_l1"].nunique() == 1  # the same start for all
     assert (trials["start_val_l1"] == starts["val_l1"].iloc[0]).all()
     assert (trials["best_val_l1"] < trials["start_val_l1"]).all()
+    # TensorBoard: step 0 of every trial's val_l1 curve is its start.
+    for trial_id in trials["trial_id"]:
+        (trial_dir,) = folder.glob(f"trial_{trial_id}*")
+        steps = scalars(trial_dir, "ray/tune/val_l1")
+        assert steps[0] == pytest.approx(starts["val_l1"].iloc[0], rel=1e-6) and 1 in steps
+
+
+def scalars(folder, tag: str) -> dict[int, float]:
+    """step -> value of a tag in a folder's TensorBoard event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    found = {}
+    for path in folder.glob("events.out.tfevents*"):
+        data, at = path.read_bytes(), 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            found.update({event.step: v.simple_value for v in event.summary.value if v.tag == tag})
+    return found

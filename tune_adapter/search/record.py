@@ -15,7 +15,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
-from ..results import ExperimentInfo, TrialStore
+from ..results import START_METRICS, START_PREFIX, ExperimentInfo, TrialStore
 from .optuna_pruned import BASELINE_KEY
 from .recover import repair_checkpoint, skip_stored_checkpoints
 
@@ -129,6 +129,8 @@ class StoreCallback(Callback):
             self.elapsed[trial_id] = self.elapsed.get(trial_id, 0.0) + time.monotonic() - start
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if START_PREFIX + "val_l1" in result:
+            log_start_to_tensorboard(trial, result)
         # A result that carries a checkpoint is written once, with it (`on_checkpoint`): the
         # trial waits for the driver after each report, so every write is time it waits.
         self.store.record_epoch(trial.trial_id, self.params_of(trial), result, self.wall_seconds(trial),
@@ -167,3 +169,15 @@ class StoreCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial),
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
+
+
+def log_start_to_tensorboard(trial, result: dict) -> None:
+    """Epoch 0 (the start, carried by epoch 1's result) at step 0 of the trial's TensorBoard
+    curves, under the tags Tune's own logger gives the later epochs."""
+    from tensorboardX import SummaryWriter
+
+    trial.init_local_path()
+    with SummaryWriter(trial.local_path, filename_suffix=".start") as writer:
+        for name in START_METRICS:
+            if name != "epoch_seconds" and result.get(START_PREFIX + name) is not None:
+                writer.add_scalar(f"ray/tune/{name}", result[START_PREFIX + name], global_step=0)
