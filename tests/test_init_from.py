@@ -287,6 +287,11 @@ def test_train_from_the_released_file_and_partial_start(synth_small, tmp_path):
                                                 "--init-from", released))
     assert result.exit_code == 0, result.output
     assert "(infinitetalk)" in result.output and "start fresh" not in result.output
+    # Same shapes as the file it came from: merged back without --allow-config-change.
+    merged = CliRunner().invoke(app, ["export", "--checkpoint", str(tmp_path / "a"), "--out",
+                                      str(tmp_path / "ex"), "--merge-into", released])
+    assert merged.exit_code == 0, merged.output
+    assert set(load_file(tmp_path / "ex" / "infinitetalk.safetensors")) == set(load_file(released))
     result = CliRunner().invoke(app, train_args(synth_small, tmp_path / "b", "--epochs", "1",
                                                 "--audio-window", "3", "--init-from", released,
                                                 "--init-partial"))
