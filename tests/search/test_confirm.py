@@ -204,3 +204,37 @@ def test_the_report_has_a_confirmation_section(confirmed, tmp_path):
     page = write_report(confirmed["folder"], tmp_path / "report.html").read_text()
     assert "Confirmation over seeds" in page and "confirmed winner" in page and "test_l1 mean" in page
     assert "alt='confirmed configurations&#x27; runs over seeds' src='data:image/png;base64," in page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", ["3", "5s"])
+def test_a_killed_confirmation_resumes_and_runs_every_run_once(confirmed, tmp_path, kill_after):
+    """SIGKILLed (driver and its Ray) after its 3rd record, or at the snapshot after its 5th;
+    `confirm --resume` then finishes it: every planned run once, no epoch twice."""
+    import os
+    import subprocess
+    import sys
+
+    from tune_adapter.search.record import KILL_AFTER_ENV
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for name in ("trials.parquet", "epochs.parquet"):  # the search alone, not its confirmation
+        shutil.copy(confirmed["folder"] / name, folder / name)
+    command = [sys.executable, "-m", "tune_adapter", "confirm", "--experiment", str(folder),
+               "--top", "2", "--seeds", "2"]
+    env = {**os.environ, KILL_AFTER_ENV: kill_after}
+    killed = subprocess.run(command, env=env, cwd=ROOT, start_new_session=True, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    env.pop(KILL_AFTER_ENV)
+    resumed = subprocess.run(command + ["--resume"], env=env, cwd=ROOT, start_new_session=True,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    runs = read_confirm(folder)
+    planned = {(t, s) for t in runs["trial_id"].unique() for s in (0, 1)}
+    assert len(runs) == len(planned) and set(zip(runs["trial_id"], runs["seed"])) == planned
+    assert runs["run_id"].is_unique and (runs["status"] == "completed").all()
+    epochs = pd.read_parquet(folder / CONFIRM_EPOCHS_FILE)
+    assert not epochs.duplicated(["run_id", "epoch"]).any()
+    assert sorted(set(epochs["epoch"])) == [0, 1, 2]

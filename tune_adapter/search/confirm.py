@@ -57,9 +57,8 @@ class ConfirmOptions:
 class ConfirmCallback(StoreCallback):
     """The search's store callback, writing the runs to confirm.parquet instead."""
 
-    def setup(self, **info):
-        self.store = ConfirmStore(self.folder, self.info)
-        self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
+    def open_store(self) -> ConfirmStore:
+        return ConfirmStore(self.folder, self.info)
 
 
 def plan_runs(trials, params: list[str], top: int, seeds: int) -> list[dict]:
@@ -192,7 +191,10 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
         if not options.quiet:
             callbacks.append(LiveTable(confirm_info, console))
         if options.resume:
+            # The runs' values are functions of the grid point (fixed_runs): Tune saves them
+            # as placeholders, which a restore must be given again.
             tuner = tune.Tuner.restore(str(search_options.experiment_dir), trainable=wrapped,
+                                       param_space=fixed_runs(runs),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False,
                                        storage_filesystem=linking_filesystem())
         else:

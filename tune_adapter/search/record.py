@@ -78,9 +78,12 @@ class StoreCallback(Callback):
         return dict(type(self)(self.folder, self.info).__dict__)
 
     def setup(self, **info):
-        self.store = TrialStore(self.folder, self.info)
+        self.store = self.open_store()
         self.kill_after, self.kill_at_snapshot = kill_point(os.environ.get(KILL_AFTER_ENV, ""))
         self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
+
+    def open_store(self) -> TrialStore:
+        return TrialStore(self.folder, self.info)
 
     def params_of(self, trial) -> dict:
         return {p: trial.config.get(p) for p in self.info.params}
