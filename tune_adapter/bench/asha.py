@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..results import read_info, read_trials
 from ..search.driver import (
+    fixed_points,
     max_concurrent,
     prepare_search,
     ray_session,
@@ -79,19 +80,6 @@ def train_without_pruning(options: SearchOptions, configs: list[dict]) -> Path:
     return options.experiment_dir
 
 
-def fixed_points(configs: list[dict]) -> dict:
-    """A Tune param space whose trials are exactly these configurations."""
-    from functools import partial
-
-    from ray import tune
-
-    keys = sorted({k for c in configs for k in c})
-    return {"point": tune.grid_search(list(range(len(configs)))),
-            **{k: tune.sample_from(partial(_value_at_point, configs, k)) for k in keys}}
-
-
-def _value_at_point(configs: list[dict], key: str, spec) -> object:
-    return configs[spec.config.point].get(key)
 
 
 def compare_asha(options: SearchOptions) -> AshaComparison:

@@ -143,7 +143,8 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
     """Run (or resume) the confirmation of the search in `options.experiment`; returns its folder."""
     from ray import tune
 
-    from ..search.driver import keeps_freed_memory, load_sources, max_concurrent, ray_session, trial_resources
+    from .driver import (fixed_points, keeps_freed_memory, load_sources, max_concurrent, ray_session,
+                         trial_resources)
     from ..trainer import evaluate_pack
     from .live import LiveTable
     from .storage import linking_filesystem
@@ -191,14 +192,14 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
         if not options.quiet:
             callbacks.append(LiveTable(confirm_info, console))
         if options.resume:
-            # The runs' values are functions of the grid point (fixed_runs): Tune saves them
-            # as placeholders, which a restore must be given again.
+            # The runs' values are functions of the grid point (fixed_points): Tune saves
+            # them as placeholders, which a restore must be given again.
             tuner = tune.Tuner.restore(str(search_options.experiment_dir), trainable=wrapped,
-                                       param_space=fixed_runs(runs),
+                                       param_space=fixed_points(runs),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False,
                                        storage_filesystem=linking_filesystem())
         else:
-            tuner = tune.Tuner(wrapped, param_space=fixed_runs(runs), tune_config=tune.TuneConfig(
+            tuner = tune.Tuner(wrapped, param_space=fixed_points(runs), tune_config=tune.TuneConfig(
                 reuse_actors=True, trial_dirname_creator=_trial_dirname,
                 max_concurrent_trials=max_concurrent(search_options, resources)),
                 run_config=tune.RunConfig(
@@ -223,12 +224,6 @@ def score_tests(store: ConfirmStore, test: PackedClips, evaluate: Callable) -> N
         if record.status != "completed" or run_id in store.tests or epoch is None:
             continue
         store.record_test(run_id, epoch, evaluate(load_checkpoint_model(record.checkpoints[epoch]), test))
-
-
-def fixed_runs(runs: list[dict]) -> dict:
-    from ..bench.asha import fixed_points
-
-    return fixed_points(runs)
 
 
 def _trial_dirname(trial) -> str:

@@ -246,6 +246,22 @@ def keeps_freed_memory(options: SearchOptions) -> bool:
     return options.max_concurrent == 1 or options.num_samples == 1
 
 
+def fixed_points(configs: list[dict]) -> dict:
+    """A Tune param space whose trials are exactly these configurations (each value a
+    function of the grid point: a restore must be given the space again)."""
+    from functools import partial
+
+    from ray import tune
+
+    keys = sorted({k for c in configs for k in c})
+    return {"point": tune.grid_search(list(range(len(configs)))),
+            **{k: tune.sample_from(partial(_value_at_point, configs, k)) for k in keys}}
+
+
+def _value_at_point(configs: list[dict], key: str, spec) -> object:
+    return configs[spec.config.point].get(key)
+
+
 @dataclass
 class PreparedSearch:
     space: SearchSpace
