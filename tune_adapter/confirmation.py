@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from .atomic import atomic_write
 from .results import (
-    EPOCH_METRICS,
-    GENERATION_KEY,
     METADATA_KEY,
     ExperimentInfo,
     TrialRecord,
     TrialStore,
+    _epochs_schema,
     _param_type,
-    _table,
-    generation_of,
     read_pair,
 )
 
@@ -48,36 +43,25 @@ class ConfirmStore(TrialStore):
     """The runs of a confirmation, mirrored to Parquet after every change; a run's record is
     the search's TrialRecord, whose params carry its seed and source trial."""
 
+    files = (CONFIRM_FILE, CONFIRM_EPOCHS_FILE)
+    id_key = "run_id"
+
     def __init__(self, folder: Path, info: ExperimentInfo):
-        self.folder, self.info = Path(folder), info
-        self.trials: dict[str, TrialRecord] = {}
         self.tests: dict[str, dict] = {}  # run_id -> test metrics and the epoch scored
-        self.generation = 0
-        if (self.folder / CONFIRM_FILE).is_file():
-            self._load()
+        super().__init__(folder, info)
 
     @property
     def search_params(self) -> list[str]:
         return [p for p in self.info.params if p not in RUN_KEYS]
 
-    def _load(self) -> None:
-        runs, epochs = read_pair(self.folder, trials_file=CONFIRM_FILE, epochs_file=CONFIRM_EPOCHS_FILE)
-        self.generation = generation_of(runs) or 0
-        for row in runs.to_pylist():
-            params = {**{p: row.get(p) for p in self.search_params},
-                      SEED_KEY: row["seed"], SOURCE_KEY: row["trial_id"]}
-            self.trials[row["run_id"]] = TrialRecord(
-                row["run_id"], params, number=row["number"], status=row["status"],
-                wall_seconds=row["wall_seconds"] or 0.0, error=row["error"], baseline=bool(row["baseline"]))
-            if row.get("test_l1") is not None:
-                self.tests[row["run_id"]] = {"epoch": row["test_epoch"], **{k: row[k] for k in TEST_METRICS}}
-        for row in epochs.to_pylist():
-            record = self.trials.get(row["run_id"])
-            if record is None:
-                continue
-            record.epochs[row["epoch"]] = {k: row[k] for k in EPOCH_METRICS}
-            if row["checkpoint"]:
-                record.checkpoints[row["epoch"]] = row["checkpoint"]
+    def record_of(self, row: dict) -> TrialRecord:
+        params = {**{p: row.get(p) for p in self.search_params},
+                  SEED_KEY: row["seed"], SOURCE_KEY: row["trial_id"]}
+        if row.get("test_l1") is not None:
+            self.tests[row["run_id"]] = {"epoch": row["test_epoch"], **{k: row[k] for k in TEST_METRICS}}
+        return TrialRecord(row["run_id"], params, number=row["number"], status=row["status"],
+                           wall_seconds=row["wall_seconds"] or 0.0, error=row["error"],
+                           baseline=bool(row["baseline"]))
 
     def record_test(self, run_id: str, epoch: int, metrics: dict) -> None:
         """The run's test metrics (val_* keys of `evaluate_pack` as test_*)."""
@@ -99,17 +83,12 @@ class ConfirmStore(TrialStore):
         }
 
     def write(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.generation += 1
-        metadata = {METADATA_KEY: json.dumps(asdict(self.info)).encode(),
-                    GENERATION_KEY: str(self.generation).encode()}
         rows = [self.row(r) for r in self.trials.values()]
         epoch_rows = [{"run_id": r.trial_id, "trial_id": r.params.get(SOURCE_KEY), "seed": r.params.get(SEED_KEY),
                        **{k: v for k, v in row.items() if k != "trial_id"}}
                       for r in self.trials.values() for row in r.epoch_rows()]
-        for name, table in ((CONFIRM_FILE, _table(rows, self._runs_schema(rows), metadata)),
-                            (CONFIRM_EPOCHS_FILE, _table(epoch_rows, _epochs_schema(), metadata))):
-            atomic_write(self.folder / name, lambda staging, t=table: _write_parquet(t, staging))
+        self.write_pair(rows, self._runs_schema(rows), epoch_rows, _epochs_schema(
+            (("run_id", pa.string()), ("trial_id", pa.string()), ("seed", pa.int64()))))
 
     def _runs_schema(self, rows: list[dict]) -> pa.Schema:
         floats = ["best_val_l1", "best_val_mse", "best_val_cos"]
@@ -121,19 +100,6 @@ class ConfirmStore(TrialStore):
             + [("test_epoch", pa.int64())] + [(m, pa.float64()) for m in TEST_METRICS]
             + [("checkpoint", pa.string()), ("wall_seconds", pa.float64()), ("error", pa.string())]
         )
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, path)
-
-
-def _epochs_schema() -> pa.Schema:
-    return pa.schema([("run_id", pa.string()), ("trial_id", pa.string()), ("seed", pa.int64()),
-                      ("epoch", pa.int64())]
-                     + [(k, pa.int64() if k == "step" else pa.float64()) for k in EPOCH_METRICS]
-                     + [("checkpoint", pa.string())])
 
 
 def scored_epoch(record: TrialRecord) -> int | None:

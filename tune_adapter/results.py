@@ -116,31 +116,38 @@ class TrialRecord:
 class TrialStore:
     """The experiment's records in memory, mirrored to Parquet after every change."""
 
+    files = (TRIALS_FILE, EPOCHS_FILE)
+    id_key = "trial_id"  # the column naming a record in both files
+
     def __init__(self, folder: Path, info: ExperimentInfo):
         self.folder = Path(folder)
         self.info = info
         self.trials: dict[str, TrialRecord] = {}
         self.generation = 0
-        if (self.folder / TRIALS_FILE).is_file():
+        if (self.folder / self.files[0]).is_file():
             self._load()
 
     def _load(self) -> None:
-        trials_table, epochs_table = read_pair(self.folder)
+        trials_table, epochs_table = read_pair(self.folder, trials_file=self.files[0], epochs_file=self.files[1])
         self.generation = generation_of(trials_table) or 0
         for row in trials_table.to_pylist():
-            self.trials[row["trial_id"]] = TrialRecord(
-                trial_id=row["trial_id"], params={p: row.get(p) for p in self.info.params},
-                number=row["number"],
-                status=row["status"], wall_seconds=row["wall_seconds"] or 0.0, error=row["error"],
-                baseline=bool(row.get("baseline", False)),
-            )
+            self.trials[row[self.id_key]] = self.record_of(row)
         for row in epochs_table.to_pylist():
-            record = self.trials.get(row["trial_id"])
+            record = self.trials.get(row[self.id_key])
             if record is None:  # a pair from a crash between the two renames: trials is older
                 continue
             record.epochs[row["epoch"]] = {k: row[k] for k in EPOCH_METRICS}
             if row["checkpoint"]:
                 record.checkpoints[row["epoch"]] = row["checkpoint"]
+
+    def record_of(self, row: dict) -> TrialRecord:
+        """A trials.parquet row back as its record."""
+        return TrialRecord(
+            trial_id=row["trial_id"], params={p: row.get(p) for p in self.info.params},
+            number=row["number"],
+            status=row["status"], wall_seconds=row["wall_seconds"] or 0.0, error=row["error"],
+            baseline=bool(row.get("baseline", False)),
+        )
 
     def _record(self, trial_id: str, params: dict, baseline: bool = False) -> TrialRecord:
         if trial_id not in self.trials:
@@ -194,15 +201,19 @@ class TrialStore:
         self.write()
 
     def write(self) -> None:
+        trial_rows = [r.row(self.info.params) for r in self.trials.values()]
+        epoch_rows = [row for r in self.trials.values() for row in r.epoch_rows()]
+        self.write_pair(trial_rows, _trials_schema(self.info.params, trial_rows), epoch_rows, _epochs_schema())
+
+    def write_pair(self, rows: list[dict], schema: pa.Schema, epoch_rows: list[dict],
+                   epochs_schema: pa.Schema) -> None:
+        """Both files, atomically each, with the same generation in their metadata."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.generation += 1
         metadata = {METADATA_KEY: json.dumps(asdict(self.info)).encode(),
                     GENERATION_KEY: str(self.generation).encode()}
-        trial_rows = [r.row(self.info.params) for r in self.trials.values()]
-        epoch_rows = [row for r in self.trials.values() for row in r.epoch_rows()]
-        trials_schema = _trials_schema(self.info.params, trial_rows)
-        for name, table in ((TRIALS_FILE, _table(trial_rows, trials_schema, metadata)),
-                            (EPOCHS_FILE, _table(epoch_rows, _epochs_schema(), metadata))):
+        for name, table in zip(self.files, (_table(rows, schema, metadata),
+                                            _table(epoch_rows, epochs_schema, metadata))):
             atomic_write(self.folder / name, lambda staging, t=table: pq.write_table(t, staging))
 
 
@@ -234,8 +245,9 @@ def _param_type(values: list) -> pa.DataType:
     return pa.string() if present else pa.float64()
 
 
-def _epochs_schema() -> pa.Schema:
-    return pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())]
+def _epochs_schema(keys=(("trial_id", pa.string()),)) -> pa.Schema:
+    """epochs.parquet's columns after `keys`, the columns that name the epoch's record."""
+    return pa.schema([*keys, ("epoch", pa.int64())]
                      + [(k, pa.int64() if k == "step" else pa.float64()) for k in EPOCH_METRICS]
                      + [("checkpoint", pa.string())])
 
