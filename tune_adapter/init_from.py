@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from .adapter import AdapterDims, AudioProjModel
 from .checkpoint import ADAPTER_FILE, STATE_FILE, is_checkpoint
+from .config import flag_name
 from .errors import ConfigError
 
 FLAG = "--init-from"
@@ -268,8 +269,7 @@ DEPENDS = {"proj1.weight": ("audio_window", "layers", "intermediate_dim"),
            "norm.bias": ("output_dim", "norm_output_audio")}
 LABELS = {"audio_window": "W", "vae_scale": "S", "intermediate_dim": "I", "context_tokens": "K",
           "output_dim": "D"}
-FLAGS = {"audio_window": "--audio-window", "vae_scale": "--vae-scale",
-         "intermediate_dim": "--intermediate-dim"}
+FLAGGED = ("audio_window", "vae_scale", "intermediate_dim")  # dims a train flag sets
 
 
 def check_initial_adapter(initial: InitialAdapter, dims: AdapterDims, partial: bool = False
@@ -340,9 +340,9 @@ def _mismatch(initial: InitialAdapter, dims: AdapterDims, key: str,
     for field in differ:
         ours = getattr(dims, field)
         theirs = getattr(implied, field) if implied is not None else None
-        if field in FLAGS:
+        if field in FLAGGED:
             labels.append(f"{LABELS[field]} {ours}")
-            fixes.append(f"use {FLAGS[field]} {theirs} as the file has")
+            fixes.append(f"use {flag_name(field)} {theirs} as the file has")
         elif field == "norm_output_audio":
             labels.append(f"norm {'on' if ours else 'off'}")
             fixes.append("drop --no-norm-output-audio" if theirs else "add --no-norm-output-audio")
