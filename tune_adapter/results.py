@@ -1,7 +1,7 @@
 """The Parquet trial store: `trials.parquet` and `epochs.parquet` of one experiment.
 
 `trials.parquet`: one row per trial: `trial_id`, `number` (0, 1, ... in the order trials
-started), `status` (running|completed|pruned|error), `baseline` (the search's baseline
+started), `status` (running|completed|pruned|stopped|error; stopped: by --time-budget), `baseline` (the search's baseline
 trial: the space's BASELINE values, trained all epochs),
 every sampled parameter as its own column (named as the space names it), `epochs`,
 `best_epoch`, `best_val_l1`, `best_val_mse`, `best_val_cos`, `last_train_loss`,
@@ -41,7 +41,7 @@ EPOCH_METRICS = ("train_loss", "val_l1", "val_mse", "val_cos", "epoch_seconds", 
 # Epoch 0, the starting point, travels to the store inside epoch 1's result as start_*.
 START_PREFIX = "start_"
 START_METRICS = ("val_l1", "val_mse", "val_cos", "epoch_seconds")
-FINAL_STATUSES = ("completed", "pruned", "error")
+FINAL_STATUSES = ("completed", "pruned", "stopped", "error")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from .app import CacheDir, Experiment, ValFraction, ValManifest
 
 
 def search(
-    space: Annotated[Path, typer.Option(help="Space file defining space(trial)")] = Path("search_spaces/default.py"),
+    space: Annotated[Optional[Path], typer.Option(help="Space file defining space(trial) [search_spaces/default.py; with --continue, the search's own]")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="Training manifest [default: a synthetic dataset under --storage]")] = None,
     val_manifest: ValManifest = None,
     val_fraction: ValFraction = None,
@@ -36,6 +36,9 @@ def search(
     cache_dir: CacheDir = None,
     init_from: Annotated[Optional[Path], typer.Option(help="Every trial starts from this adapter (as train --init-from) [INIT_FROM, else random]")] = None,
     init_partial: Annotated[Optional[bool], typer.Option("--init-partial", help="With --init-from: load the layers whose shapes fit, start the others fresh [INIT_PARTIAL]")] = None,
+    continue_search: Annotated[bool, typer.Option("--continue", help="Add trials to the finished search --name until it holds --num-samples; its sampler sees every earlier trial")] = False,
+    warm_start: Annotated[Optional[list[Path]], typer.Option(metavar="DIR", help="A new search whose sampler starts from this earlier search's trials (repeat for more)")] = None,
+    time_budget: Annotated[Optional[str], typer.Option(metavar="DURATION", help="Start no trial after this long (2h, 45m), all runs together; running trials end at their next epoch [TIME_BUDGET]")] = None,
     top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
 ):
     """Search hyperparameters with Ray Tune (Optuna samples, ASHA stops weak trials)."""
@@ -45,9 +48,11 @@ def search(
     from ..search.live import top_trials_table
     from ..space import load_space
 
+    space = space or search_space_of(storage, name, continue_search)
     space_file = load_space(space)
     options = resolve_options(
-        space_file.defaults, space=space, manifest=manifest, val_manifest=val_manifest,
+        space_file.defaults, space=space, continue_search=continue_search,
+        warm_start=tuple(warm_start or ()), time_budget=time_budget, manifest=manifest, val_manifest=val_manifest,
         val_fraction=val_fraction, num_samples=num_samples, max_epochs=max_epochs,
         grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, storage=storage, name=name,
@@ -60,11 +65,25 @@ def search(
     if (folder / TRIALS_FILE).is_file():  # none when stopped before the first result
         folder, info = open_experiment(folder)
         console.print(top_trials_table(read_trials(folder), info.params, top, f"top {top} trials"))
-    if not outcome.complete:
+    if outcome.budget_spent:
+        console.print(f"[yellow]the time budget is spent: the experiment holds {outcome.held} trials; add "
+                      f"time and trials with --continue --time-budget LONGER --num-samples MORE")
+    elif not outcome.complete:
         console.print(f"[yellow]stopped with {outcome.finished} of {outcome.num_samples} trials finished: "
                       f"continue with the same command plus --resume")
         raise typer.Exit(1)
     console.print(f"results: {folder}/trials.parquet, epochs.parquet", soft_wrap=True)
+
+
+def search_space_of(storage: Path, name: str | None, continue_search: bool) -> Path:
+    """--space left out: the continued search's own space file, else the default space."""
+    default = Path("search_spaces/default.py")
+    if not continue_search:
+        return default
+    from ..results import TRIALS_FILE, read_info
+
+    folder = Path(storage) / (name or default.stem)
+    return Path(read_info(folder).space) if (folder / TRIALS_FILE).is_file() else default
 
 
 def confirm(

@@ -19,11 +19,14 @@ from ..config import TrainConfig
 from ..cpu_tuning import huge_pages_env
 from ..data import TrainData, load_data
 from ..errors import ConfigError
-from ..results import ExperimentInfo, TrialStore
+from ..results import TRIALS_FILE, ExperimentInfo, TrialStore
 from ..init_from import check_init_space, read_initial_adapter
 from ..space import SEARCHABLE, SearchSpace, check_baseline, check_space, load_space, probe_space
 from .options import SHARED_GPU, SearchOptions
+from .budget import SPENT_KEY, BudgetStopper, running_clock
 from .storage import linking_filesystem
+from .continuation import carry_earlier_runs, check_warm_starts, open_run_study
+from .study import journal_storage, open_study, reconcile
 from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
 
 # Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
@@ -37,12 +40,14 @@ SNAPSHOT_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
 @dataclass
 class SearchOutcome:
     experiment_dir: Path
-    finished: int  # trials that ended (completed, pruned or error)
-    num_samples: int
+    finished: int  # trials of this run that ended (completed, pruned, stopped or error)
+    num_samples: int  # trials this run was to add
+    held: int = 0  # trials of the experiment, all runs
+    budget_spent: bool = False
 
     @property
     def complete(self) -> bool:
-        return self.finished >= self.num_samples
+        return self.finished >= self.num_samples or self.budget_spent
 
 
 def data_sources(options: SearchOptions) -> dict:
@@ -90,6 +95,11 @@ def check_experiment_folder(options: SearchOptions) -> None:
     from ray.tune import Tuner
 
     exists = options.experiment_dir.exists()
+    if options.continue_search and not options.resume:
+        if not (options.experiment_dir / TRIALS_FILE).is_file():
+            raise ConfigError(f"--continue: {options.experiment_dir} holds no search to add trials to: give "
+                              "the --name (and --storage) of an earlier search, or drop --continue")
+        return
     if options.resume and not (exists and Tuner.can_restore(str(options.experiment_dir),
                                                            storage_filesystem=linking_filesystem())):
         raise ConfigError(f"--resume: {options.experiment_dir} holds no search to resume; drop --resume")
@@ -179,33 +189,35 @@ def max_concurrent(options: SearchOptions, resources: dict) -> int:
     return max(1, min(fits + [options.num_samples]))
 
 
-def build_tuner(options: SearchOptions, space: SearchSpace, setup: TrialSetup, info: ExperimentInfo,
-                trainable: Callable, callbacks: list):
+def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: Callable, callbacks: list):
     from ray import tune
     from .optuna_pruned import BaselineKeepingASHA, PrunedAwareOptunaSearch
 
+    space, info = prepared.space, prepared.info
     resources = trial_resources(options)
-    wrapped = tune.with_resources(tune.with_parameters(trainable, setup=setup), resources)
+    wrapped = tune.with_resources(tune.with_parameters(trainable, setup=prepared.setup), resources)
     if options.resume:
         return tune.Tuner.restore(str(options.experiment_dir), trainable=wrapped,
                                   resume_unfinished=True, resume_errored=False, restart_errored=False,
                                   storage_filesystem=linking_filesystem())
     searcher = PrunedAwareOptunaSearch(space=space.function, metric=info.metric, mode=info.mode,
-                                       sampler=make_sampler(options), max_epochs=options.max_epochs,
-                                       baseline=space.baseline if options.baseline else None)
+                                       sampler=make_sampler(options, prepared.distributions),
+                                       max_epochs=options.max_epochs,
+                                       storage=journal_storage(options.experiment_dir), study_name=info.name,
+                                       baseline=space.baseline if options.baseline and not options.continue_search else None)
     scheduler = BaselineKeepingASHA(time_attr="epoch", metric=info.metric, mode=info.mode,
                                     max_t=options.max_epochs, grace_period=options.grace_period,
                                     reduction_factor=options.reduction_factor)
     return tune.Tuner(
         wrapped,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=options.num_samples, reuse_actors=True,
+                                    num_samples=prepared.run_samples, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname,
                                     max_concurrent_trials=max_concurrent(options, resources)),
         run_config=tune.RunConfig(
             name=options.experiment_name, storage_path=str(options.experiment_dir.parent), verbose=0,
             storage_filesystem=linking_filesystem(),
-            callbacks=callbacks,
+            callbacks=callbacks, stop=BudgetStopper(),
             # Tune always keeps the latest checkpoint too, so a trial can resume.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=info.metric,
                                                     checkpoint_score_order=info.mode),
@@ -220,12 +232,16 @@ def startup_trials(num_samples: int) -> int:
     return max(2, num_samples // 4)
 
 
-def make_sampler(options: SearchOptions):
+def make_sampler(options: SearchOptions, distributions: dict):
     import optuna
 
+    from .distinct import DistinctSampler
+
     if options.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=options.seed)
-    return optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=startup_trials(options.num_samples))
+        base = optuna.samplers.RandomSampler(seed=options.seed)
+    else:
+        base = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=startup_trials(options.num_samples))
+    return DistinctSampler(base, distributions, seed=options.seed)
 
 
 def trial_dirname(trial) -> str:
@@ -267,6 +283,12 @@ class PreparedSearch:
     space: SearchSpace
     info: ExperimentInfo
     setup: TrialSetup
+    distributions: dict  # the space's Optuna distributions, by parameter
+    held: int = 0  # trials the experiment holds from earlier runs (--continue)
+
+    @property
+    def run_samples(self) -> int:
+        return self.info.num_samples - self.held
 
 
 def prepare_search(options: SearchOptions) -> PreparedSearch:
@@ -283,12 +305,14 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
         check_init_space(read_initial_adapter(Path(options.init_from)), probed, data, options.init_partial)
     info = experiment_info(options, space, probed.params, probed)
     info.extra["search"] = search_record(options, sources)
+    held = carry_earlier_runs(options, info, probed.distributions)
+    check_warm_starts(options.warm_start, probed.distributions)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
                        init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
                        init_partial=options.init_partial, save_every=options.checkpoint_every,
                        moments_in_last_checkpoint=False,  # nothing resumes a finished trial
                        keep_freed_memory=keeps_freed_memory(options))
-    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base))
+    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions, held)
 
 
 @contextmanager
@@ -305,33 +329,51 @@ def ray_session(options: SearchOptions):
 
 
 def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None) -> SearchOutcome:
-    """Run (or resume) a search; returns when every trial has ended or the driver is stopped."""
+    """Run (or resume, or continue) a search; returns when every trial of this run has ended,
+    the time budget is spent, or the driver is stopped."""
     from .live import LiveTable
     from .record import StoreCallback
 
     prepared = prepare_search(options)
     info = prepared.info
-    with ray_session(options):
+    with ray_session(options), running_clock(options.time_budget, info.extra.get(SPENT_KEY, 0.0)) as clock:
+        open_run_study(options, info.name, prepared.distributions)
         store = StoreCallback(options.experiment_dir, info)
-        callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
-        grid = build_tuner(options, prepared.space, prepared.setup, info, trainable, callbacks).fit()
-    # fit() has returned: no trial of this search runs on any node, so every scratch folder
-    # left (the checkpoints of ended actors, wherever they ran) is of no further use.
-    shutil.rmtree(options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
-    return finish(options, info, {Path(r.path).name.removeprefix("trial_") for r in grid})
+        callbacks = [store] if options.quiet else [store, LiveTable(info, console, earlier_counts(options, prepared))]
+        grid = build_tuner(options, prepared, trainable, callbacks).fit()
+        # fit() has returned: no trial of this search runs on any node, so every scratch folder
+        # left (the checkpoints of ended actors, wherever they ran) is of no further use.
+        shutil.rmtree(options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
+        info.extra[SPENT_KEY] = clock.spent()
+        return finish(options, prepared, {Path(r.path).name.removeprefix("trial_") for r in grid},
+                      clock.is_spent())
 
 
-def finish(options: SearchOptions, info: ExperimentInfo, ray_trials: set[str]) -> SearchOutcome:
-    """Count finished trials; close the records of trials Tune lost in a crash.
+def earlier_counts(options: SearchOptions, prepared: PreparedSearch):
+    """The ended trials of earlier runs, for the live table of a --continue."""
+    from .live import live_counts
+
+    store = TrialStore(options.experiment_dir, prepared.info) if prepared.held else None
+    return live_counts(r.status for r in store.trials.values() if r.number < prepared.held) if store else None
+
+
+def finish(options: SearchOptions, prepared: PreparedSearch, ray_trials: set[str], budget_spent: bool) -> SearchOutcome:
+    """Count finished trials; close the records of trials Tune lost in a crash, and the
+    study's trials the searcher could not tell (study.reconcile).
 
     After a SIGKILL, Tune resumes from its last experiment snapshot: a trial that started
     after it is unknown to Tune and would stay 'running' in the store forever.
     """
+    info = prepared.info
     store = TrialStore(options.experiment_dir, info)
-    if all(store.is_finished(t) for t in ray_trials):
+    complete = all(store.is_finished(t) for t in ray_trials)
+    if complete:
         for trial_id, record in list(store.trials.items()):
             if trial_id not in ray_trials and not store.is_finished(trial_id):
                 store.record_end(trial_id, record.params, "error",
                                  "lost: the driver died before Tune saved this trial, so it was not resumed")
+    if store.trials:
+        store.write()  # the time spent, as of now
+    reconcile(open_study(options.experiment_dir, info.name), store, complete)
     finished = sum(store.is_finished(t) for t in ray_trials)
-    return SearchOutcome(options.experiment_dir, finished, info.num_samples)
+    return SearchOutcome(options.experiment_dir, finished, prepared.run_samples, len(store.trials), budget_spent)

@@ -16,6 +16,7 @@ from ..results import ExperimentInfo, baseline_verdict, is_nan, start_line
 from .optuna_pruned import BASELINE_KEY
 
 STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
+LIVE_STATES = {"completed": "done", "stopped": "pruned", "error": "failed"}  # trials.parquet's status
 
 
 def format_param(value) -> str:
@@ -31,15 +32,17 @@ def params_text(params: dict) -> str:
 class LiveTable(Callback):
     """Counts by state and the best `val_l1` so far, redrawn as results arrive."""
 
-    def __init__(self, info: ExperimentInfo, console: Console | None = None):
+    def __init__(self, info: ExperimentInfo, console: Console | None = None, before: Counter | None = None):
         self.info = info
         self.console = console
         self.live: Live | None = None
         self.best: tuple[float, str, dict] | None = None
         self.baseline: float | None = None  # the baseline trial's best val_l1 so far
+        self.before = before or Counter()  # ended trials of earlier runs (--continue), by state
 
     def __getstate__(self):
-        return {"info": self.info, "console": None, "live": None, "best": None, "baseline": None}
+        return {"info": self.info, "console": None, "live": None, "best": None, "baseline": None,
+                "before": self.before}
 
     def setup(self, **info):
         self.live = Live(self.render([]), console=self.console or Console(), refresh_per_second=4,
@@ -53,7 +56,7 @@ class LiveTable(Callback):
         return STATE_NAMES.get(trial.status, trial.status.lower())
 
     def render(self, trials) -> Table:
-        counts = Counter(self.state_of(t) for t in trials)
+        counts = Counter(self.state_of(t) for t in trials) + self.before
         table = Table(title=f"search {self.info.name}", title_justify="left")
         for column in ("running", "pending", "done", "pruned", "failed", "baseline val_l1", "best val_l1",
                        "best parameters"):
@@ -63,7 +66,8 @@ class LiveTable(Callback):
             best_value, best_params = f"{self.best[0]:.4f}", params_text(self.best[2])
         table.add_row(*(str(counts.get(s, 0)) for s in ("running", "pending", "done", "pruned", "failed")),
                       _metric(self.baseline), best_value, best_params)
-        table.caption = f"{len(trials)} of {self.info.num_samples} trials started, max {self.info.max_epochs} epochs"
+        started = len(trials) + self.info.extra.get("run_starts", [0])[-1]
+        table.caption = f"{started} of {self.info.num_samples} trials started, max {self.info.max_epochs} epochs"
         return table
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -85,6 +89,11 @@ class LiveTable(Callback):
             self.live.stop()
             self.live.console.line()
             self.live = None
+
+
+def live_counts(statuses) -> Counter:
+    """The live table's counts of trials.parquet statuses."""
+    return Counter(LIVE_STATES.get(s, s) for s in statuses)
 
 
 def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> Group:

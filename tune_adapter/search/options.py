@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from ..errors import ConfigError
 # flag left out takes the space's constant, else SearchOptions' default.
 SPACE_CONSTANTS = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
                    "gpus_per_trial", "max_concurrent", "max_failures", "seed", "init_from",
-                   "init_partial")
+                   "init_partial", "time_budget")
 SHARED_GPU = 0.25  # gpus_per_trial when it is None and the cluster has GPUs
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class SearchOptions:
     sampler: str = "tpe"  # "tpe", or "random" (the quality benchmark's comparison)
     init_from: Path | None = None  # every trial starts from this adapter (init_from.py)
     init_partial: bool = False
+    continue_search: bool = False  # add trials to the finished experiment --name (study.py)
+    warm_start: tuple[Path, ...] = ()  # experiments whose trials the sampler starts from
+    time_budget: float | None = None  # seconds, all runs of the experiment (budget.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -57,6 +62,7 @@ class SearchOptions:
             "--max-failures": self.max_failures >= 0,
             "--checkpoint-every": self.checkpoint_every >= 1,
             "--sampler": self.sampler in ("tpe", "random"),
+            "--time-budget": self.time_budget is None or self.time_budget > 0,
         }
         for flag, ok in checks.items():
             if not ok:
@@ -87,4 +93,24 @@ def resolve_options(space_defaults: dict, **flags) -> SearchOptions:
         if value is None and key in SPACE_CONSTANTS:
             continue  # not given: the space's constant, else SearchOptions' default
         values[key] = value
+    values["time_budget"] = parse_duration(values.get("time_budget"))
     return SearchOptions(**values)
+
+
+def parse_duration(text: str | float | int | None, flag: str = "--time-budget") -> float | None:
+    """Seconds from `2h`, `45m`, `1h30m`, `90s` or a number of seconds."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    parts = re.fullmatch(r"\s*((\d+(\.\d+)?)\s*([smhd])\s*)+", text.lower())
+    if parts is None:
+        if re.fullmatch(r"\s*\d+(\.\d+)?\s*", text):
+            return float(text)
+        raise ConfigError(f"{flag} {text!r} is not a duration: use e.g. 2h, 45m, 1h30m or 90s")
+    return sum(float(n) * UNITS[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)\s*([smhd])", text.lower()))
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+

@@ -7,16 +7,20 @@ OptunaSearch then tells it as a finished trial with a half-trained value. Here e
 included, and a stopped trial is told PRUNED only after it: TPE ranks pruned trials by
 their last (step, value), so a pruned trial without values teaches it nothing.
 A trial that ran all epochs is told COMPLETE with its best epoch's value, the value the
-search ranks and exports it by.
+search ranks and exports it by. The study lives in the experiment's journal (study.py).
 """
 
 from __future__ import annotations
 
 import math
 
-from optuna.trial import TrialState
+from optuna.trial import Trial, TrialState
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+
+from .budget import budget_spent
+from .study import TUNE_ID_ATTR
 
 BASELINE_KEY = "baseline"  # set (True) in the config of the search's baseline trial
 
@@ -27,38 +31,64 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self.max_epochs = max_epochs
         # The enqueued baseline is what the study's first ask() returns.
         self.baseline_pending = bool(baseline)
-        self.values: dict[str, dict[int, float]] = {}  # trial id -> epoch -> val_l1 told
 
     def suggest(self, trial_id: str):
+        if budget_spent():
+            return Searcher.FINISHED
+        if trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = self.adopt_orphan() or self._ot_study.ask()
+            self.label(trial_id)
         config = super().suggest(trial_id)
-        if config is not None and self.baseline_pending:
-            self.baseline_pending = False
+        if config is not None and self._ot_trials[trial_id].user_attrs.get(BASELINE_KEY):
             config[BASELINE_KEY] = True
         return config
 
+    def label(self, trial_id: str) -> None:
+        """Name the Tune trial in the study, and the baseline (the first trial asked)."""
+        trial = self._ot_trials[trial_id]
+        trial.set_user_attr(TUNE_ID_ATTR, trial_id)
+        if self.baseline_pending:
+            self.baseline_pending = False
+            trial.set_user_attr(BASELINE_KEY, True)
+
+    def adopt_orphan(self):
+        """A study trial asked after Tune's last snapshot, before the driver died: Tune,
+        resumed from the snapshot, never knew it and asks for a new trial in its place, which
+        runs that trial's configuration instead of adding a second one to the study."""
+        known = {t.number for t in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known and TUNE_ID_ATTR in trial.user_attrs:
+                self.baseline_pending = self.baseline_pending and not trial.user_attrs.get(BASELINE_KEY)
+                return Trial(self._ot_study, trial._trial_id)
+        return None
+
     def study_trial(self, trial_id: str):
         """The Optuna study's record (FrozenTrial) of a Tune trial."""
-        return self._ot_study.trials[self._ot_trials[trial_id].number]
+        return self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+
+    def is_told(self, trial_id: str) -> bool:
+        """Ended in the study: by this searcher, or by one that ran before a crash."""
+        return trial_id in self._completed_trials or self.study_trial(trial_id).state.is_finished()
 
     def on_trial_result(self, trial_id: str, result: dict):
-        if trial_id not in self._completed_trials:
+        if not self.is_told(trial_id):
             self.tell_epoch(trial_id, result)
 
     def tell_epoch(self, trial_id: str, result: dict | None) -> None:
-        """Report the result's value at step = its epoch, once per epoch."""
+        """Report the result's value at step = its epoch (again, after a resume: the value
+        the trial now reports is the one the Parquet store keeps)."""
         if not result or self.metric not in result or "epoch" not in result:
             return
         epoch, value = int(result["epoch"]), float(result[self.metric])
-        told = self.values.setdefault(trial_id, {})
-        if epoch not in told and not math.isnan(value):
-            self._ot_trials[trial_id].report(value, epoch)
-            told[epoch] = value
+        if not math.isnan(value):
+            self._ot_study._storage.set_trial_intermediate_value(self._ot_trials[trial_id]._trial_id, epoch, value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id in self._completed_trials:
+        if self.is_told(trial_id):
+            self._completed_trials.add(trial_id)
             return
         self.tell_epoch(trial_id, result)
-        told = self.values.get(trial_id, {})
+        told = self.study_trial(trial_id).intermediate_values
         if error or not told:
             state, value = (TrialState.FAIL if error else TrialState.PRUNED), None
         elif max(told) < self.max_epochs:

@@ -16,6 +16,7 @@ from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import START_METRICS, START_PREFIX, ExperimentInfo, TrialStore
+from . import budget
 from .optuna_pruned import BASELINE_KEY
 from .recover import repair_checkpoint, skip_stored_checkpoints
 
@@ -111,7 +112,8 @@ class StoreCallback(Callback):
         snapshot) runs a new trial in the place of each, finished or not. Their records and
         checkpoint folders go, so the search holds its number of trials, each once."""
         known = {t.trial_id for t in trials}
-        lost = {t for t in self.store.trials if t not in known}
+        run_start = self.info.extra.get("run_starts", [0])[-1]  # earlier runs' trials stay
+        lost = {t for t, r in self.store.trials.items() if t not in known and r.number >= run_start}
         for trial_id in lost:
             for path in self.store.trials[trial_id].checkpoints.values():
                 if Path(path).parent.parent == self.folder:  # trial_ID/checkpoint_N of this experiment
@@ -130,6 +132,10 @@ class StoreCallback(Callback):
         start = self.started.pop(trial_id, None)
         if start is not None:
             self.elapsed[trial_id] = self.elapsed.get(trial_id, 0.0) + time.monotonic() - start
+
+    def on_step_end(self, iteration, trials, **info):
+        if budget.ACTIVE is not None:  # written with the next write of the files
+            self.info.extra[budget.SPENT_KEY] = budget.ACTIVE.spent()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if START_PREFIX + "val_l1" in result:
@@ -165,7 +171,8 @@ class StoreCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = (trial.last_result or {}).get("epoch", 0)
-        status = "completed" if epochs >= self.info.max_epochs else "pruned"
+        status = "completed" if epochs >= self.info.max_epochs else \
+            "stopped" if budget.stopped_by_budget(trial.trial_id) else "pruned"
         self.store.record_end(trial.trial_id, self.params_of(trial), status,
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
 

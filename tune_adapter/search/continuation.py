@@ -1,0 +1,64 @@
+"""Experiments that build on earlier runs: `--continue` adds trials to a finished search,
+`--warm-start` starts a new one from others' trials, `--resume` carries what a run spent.
+
+Ray Tune cannot add trials to a finished experiment (its restore only recovers crashes),
+so a continuation is a new Tune run in the same folder whose searcher opens the same
+Optuna study (study.py): the sampler sees every earlier trial, and the Parquet store
+keeps the earlier rows as they were. `run_starts` in the experiment's description lists
+the trial count at which each run began.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..results import TRIALS_FILE, ExperimentInfo, TrialStore, open_experiment, read_info, read_trials
+from .budget import SPENT_KEY
+from .options import SearchOptions
+from .study import check_earlier_trials, frozen_trials, has_study, open_study, warm_start
+
+
+def carry_earlier_runs(options: SearchOptions, info: ExperimentInfo, distributions: dict) -> int:
+    """What a resumed or continued experiment carries over (its run starts, time spent);
+    for --continue, the checks that it can take more trials. Returns the trials it holds."""
+    folder = options.experiment_dir
+    if not (folder / TRIALS_FILE).is_file():
+        info.extra["run_starts"] = [0]
+        return 0
+    earlier = read_info(folder)
+    info.extra.update({k: earlier.extra[k] for k in ("run_starts", SPENT_KEY) if k in earlier.extra})
+    info.extra.setdefault("run_starts", [0])
+    if options.resume or not options.continue_search:
+        info.num_samples = earlier.num_samples
+        return info.extra["run_starts"][-1]
+    store = TrialStore(folder, earlier)
+    unfinished = [t for t in store.trials if not store.is_finished(t)]
+    if unfinished:
+        raise ConfigError(f"--continue: {len(unfinished)} trial(s) of {folder.name} did not finish "
+                          f"({', '.join(unfinished[:3])}): finish them with --resume first")
+    held = len(store.trials)
+    if options.num_samples <= held:
+        raise ConfigError(f"--num-samples {options.num_samples}: {folder.name} already holds {held} trials; "
+                          f"give the total it should hold, more than {held}")
+    check_earlier_trials("--continue", earlier, read_trials(folder), distributions, same_study=True)
+    info.extra["run_starts"] = info.extra["run_starts"] + [held]
+    return held
+
+
+def open_run_study(options: SearchOptions, name: str, distributions: dict) -> None:
+    """The journal's study, before the searcher opens it: for --continue of a search from
+    before journals, its trials from Parquet; for --warm-start, the earlier experiments'."""
+    if options.resume:
+        return
+    folder = options.experiment_dir
+    backfill = options.continue_search and not has_study(folder)
+    study = open_study(folder, name)
+    if backfill:
+        study.add_trials(frozen_trials(folder, distributions, {}))
+    warm_start(study, list(options.warm_start), distributions)
+
+
+def check_warm_starts(folders, distributions: dict) -> None:
+    for folder in folders:
+        earlier_folder, earlier = open_experiment(folder)
+        check_earlier_trials(f"--warm-start {folder}", earlier, read_trials(earlier_folder), distributions,
+                             same_study=False)

@@ -1,0 +1,145 @@
+"""The search's Optuna study, on disk: `results/NAME/optuna.journal`.
+
+Optuna's JournalStorage keeps the study in an append-only file, so `optuna-dashboard`
+and `optuna.load_study` open it, and a later `--continue` or `--warm-start` hands its
+trials to the sampler. Each study trial names its Tune trial (user attribute
+`tune_trial_id`); trials copied in from other experiments name their folder instead
+(`warm_start`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import ConfigError
+from ..results import ExperimentInfo, TrialStore, open_experiment
+
+JOURNAL_FILE = "optuna.journal"
+TUNE_ID_ATTR = "tune_trial_id"
+WARM_START_ATTR = "warm_start"
+# The study state that stands for each status of trials.parquet ("stopped": by the time budget).
+STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "stopped": TrialState.PRUNED,
+          "error": TrialState.FAIL}
+
+
+def journal_storage(folder: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(Path(folder) / JOURNAL_FILE)))
+
+
+def open_study(folder: Path, name: str) -> optuna.Study:
+    """The experiment's study, created empty if the journal has none."""
+    return optuna.create_study(storage=journal_storage(folder), study_name=name, direction="minimize",
+                               load_if_exists=True)
+
+
+def has_study(folder: Path) -> bool:
+    return (Path(folder) / JOURNAL_FILE).is_file()
+
+
+def decode(distributions: dict[str, str]) -> dict[str, BaseDistribution]:
+    return {name: json_to_distribution(text) for name, text in distributions.items()}
+
+
+def check_earlier_trials(flag: str, earlier: ExperimentInfo, trials, space: dict[str, BaseDistribution],
+                         same_study: bool) -> None:
+    """Earlier trials can teach this space's sampler only if they sampled the same
+    parameters from distributions that hold their values. Within one study Optuna also
+    keeps a categorical's choices fixed (`same_study`: --continue)."""
+    before = decode(earlier.distributions)
+    if set(before) != set(space):
+        added, dropped = sorted(set(space) - set(before)), sorted(set(before) - set(space))
+        raise ConfigError(f"{flag}: the space samples {', '.join(sorted(space))} but {earlier.name} sampled "
+                          f"{', '.join(sorted(before))} ({'new: ' + ', '.join(added) if added else ''}"
+                          f"{'; ' if added and dropped else ''}{'gone: ' + ', '.join(dropped) if dropped else ''}): "
+                          "keep the same parameters, or start a new experiment without it")
+    for name, new in space.items():
+        old = before[name]
+        if type(old) is not type(new) or getattr(old, "log", None) != getattr(new, "log", None):
+            raise ConfigError(f"{flag}: {name} was {old} in {earlier.name} and is {new} now: keep its kind "
+                              "and log scale, only widen or narrow its range")
+        if same_study and isinstance(new, CategoricalDistribution) and old != new:
+            raise ConfigError(f"{flag}: {name}'s choices changed from {list(old.choices)} to "
+                              f"{list(new.choices)}; an Optuna study keeps a categorical's choices: "
+                              f"start a new experiment with --warm-start instead")
+        for value in trials[name].dropna().unique() if name in trials else ():
+            if not _holds(new, value):
+                raise ConfigError(f"{flag}: {earlier.name} ran {name} = {value}, outside the space's {new}: "
+                                  f"widen {name} to include it")
+
+
+def _holds(distribution: BaseDistribution, value) -> bool:
+    if isinstance(value, float) and value == int(value) and not isinstance(distribution, CategoricalDistribution):
+        value = int(value) if distribution.__class__.__name__ == "IntDistribution" else value
+    try:
+        return distribution._contains(distribution.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
+
+
+def frozen_trials(folder: Path, space: dict[str, BaseDistribution], attrs: dict) -> list[FrozenTrial]:
+    """An experiment's ended trials as study trials: every epoch an intermediate value, a
+    completed trial's value its best val_l1, as the search's own searcher tells them."""
+    store = TrialStore(*open_experiment(folder))
+    made = []
+    for record in sorted(store.trials.values(), key=lambda r: r.number):
+        state = STATES.get(record.status)
+        if state is None:  # never ended: nothing to learn from
+            continue
+        values = {e: m["val_l1"] for e, m in record.trained().items() if not math.isnan(m["val_l1"])}
+        if state == TrialState.PRUNED and not values:
+            state = TrialState.FAIL
+        made.append(optuna.trial.create_trial(
+            state=state, value=min(values.values()) if state == TrialState.COMPLETE else None,
+            params={p: _native(record.params[p]) for p in space}, distributions=space,
+            intermediate_values=values, user_attrs={**attrs, TUNE_ID_ATTR: record.trial_id}))
+    return made
+
+
+def _native(value):
+    """Parquet gives numpy scalars and whole floats for ints; Optuna wants the Python value."""
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def warm_start(study: optuna.Study, folders: list[Path], space: dict[str, BaseDistribution]) -> int:
+    """Copy the ended trials of earlier experiments into a new study; how many."""
+    trials = [t for folder in folders
+              for t in frozen_trials(folder, space, {WARM_START_ATTR: str(Path(folder).resolve())})]
+    study.add_trials(trials)
+    return len(trials)
+
+
+def tune_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """The study's trials of this experiment (not warm-start copies), by Tune trial id."""
+    return {t.user_attrs[TUNE_ID_ATTR]: t for t in study.get_trials(deepcopy=False)
+            if TUNE_ID_ATTR in t.user_attrs and WARM_START_ATTR not in t.user_attrs}
+
+
+def reconcile(study: optuna.Study, store: TrialStore, complete: bool) -> None:
+    """Tell the study how trials ended that the searcher could not tell (the driver died
+    first): each study trial ends in the state its trials.parquet row has. Once the run is
+    `complete`, a study trial no row names (asked just before a crash, and never run) fails."""
+    for trial_id, trial in tune_trials(study).items():
+        record = store.trials.get(trial_id)
+        if trial.state != TrialState.RUNNING:
+            continue
+        if record is None or record.status not in STATES:
+            if record is None and complete:
+                study.tell(trial.number, state=TrialState.FAIL)
+            continue
+        values = {e: m["val_l1"] for e, m in record.trained().items() if not math.isnan(m["val_l1"])}
+        for epoch, value in values.items():
+            study._storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
+        state = STATES[record.status]
+        if state == TrialState.PRUNED and not values:
+            state = TrialState.FAIL
+        study.tell(trial.number, min(values.values()) if state == TrialState.COMPLETE else None, state=state)
