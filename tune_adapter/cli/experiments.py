@@ -13,7 +13,7 @@ from .app import CacheDir, Experiment, ValFraction, ValManifest
 
 
 def search(
-    space: Annotated[Path, typer.Option(help="Space file defining space(trial)")] = Path("search_spaces/default.py"),
+    space: Annotated[str, typer.Option(metavar="NAME|FILE", help="A shipped space (`tune-adapter spaces` lists them) or a .py file defining space(trial)")] = "default",
     manifest: Annotated[Optional[Path], typer.Option(help="Training manifest [default: a synthetic dataset under --storage]")] = None,
     val_manifest: ValManifest = None,
     val_fraction: ValFraction = None,
@@ -47,7 +47,7 @@ def search(
 
     space_file = load_space(space)
     options = resolve_options(
-        space_file.defaults, space=space, manifest=manifest, val_manifest=val_manifest,
+        space_file.defaults, space=space_file.path, manifest=manifest, val_manifest=val_manifest,
         val_fraction=val_fraction, num_samples=num_samples, max_epochs=max_epochs,
         grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, storage=storage, name=name,
