@@ -1,11 +1,11 @@
 """The experiment behind docs/report.png: a small real search, without Ray.
 
-Optuna's TPE sampler proposes each trial (ask/tell, the same define-by-run space style as
-search_spaces/), the real trainer fits the adapter on the tiny synthetic dataset (teacher
-window W=5), every epoch is recorded in a TrialStore, and trials are stopped early by
-ASHA's rule for one bracket (grace 2 epochs, reduction factor 2: at epochs 2, 4 and 8 a
-trial continues only if it is in the better half of the trials that reached that epoch
-before it). Then it writes the report.
+Optuna's TPE sampler proposes each trial (ask/tell, the define-by-run style of the shipped
+spaces, tune_adapter/search_spaces/), the real trainer fits the adapter on the tiny
+synthetic dataset (teacher window W=5), every epoch is recorded in a TrialStore, and
+trials are stopped early by ASHA's rule for one bracket (grace 2 epochs, reduction factor
+2: at epochs 2, 4 and 8 a trial continues only if it is in the better half of the trials
+that reached that epoch before it). Then it writes the report.
 
     python docs/demo_search.py results/adapter-demo    # about 3 minutes on 2 CPU cores
 """

@@ -14,13 +14,13 @@ from tune_adapter.data import load_data
 from tune_adapter.export import load_exported
 from tune_adapter.results import read_epochs, read_trials
 from tune_adapter.search import SearchOptions, run_search
+from tune_adapter.space import SHIPPED_DIR
 from tune_adapter.trainer import evaluate_pack
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "search_spaces" / "tiny.py"
+TINY = SHIPPED_DIR / "tiny.py"
 
 
 def test_half_gpu_trials_in_mixed_precision_resume_and_export(tmp_path, synth_small, monkeypatch):

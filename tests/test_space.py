@@ -9,9 +9,8 @@ from typer.testing import CliRunner
 from tune_adapter.cli import app
 from tune_adapter.errors import ConfigError
 from tune_adapter.search import SearchOptions, resolve_options
-from tune_adapter.space import check_baseline, check_space, load_space, probe_space
-
-ROOT = Path(__file__).resolve().parents[1]
+from tune_adapter.space import (SHIPPED_DIR, check_baseline, check_space, load_space, module_name_for,
+                                probe_space, space_path)
 
 
 def space_file(tmp_path, body, constants=""):
@@ -22,7 +21,7 @@ def space_file(tmp_path, body, constants=""):
 
 @pytest.mark.parametrize("name", ["default", "infinitetalk", "tiny"])
 def test_shipped_spaces_pass_the_probe(name):
-    space = load_space(ROOT / "search_spaces" / f"{name}.py")
+    space = load_space(SHIPPED_DIR / f"{name}.py")
     probed = probe_space(space)
     check_space(probed, space, None)
     check_baseline(probed, space)
@@ -31,9 +30,9 @@ def test_shipped_spaces_pass_the_probe(name):
 
 
 def test_infinitetalk_space_fits_per_latent_targets_at_scale_4():
-    space = load_space(ROOT / "search_spaces" / "infinitetalk.py")
+    space = load_space(SHIPPED_DIR / "infinitetalk.py")
     check_space(probe_space(space), space, [4])
-    default = load_space(ROOT / "search_spaces" / "default.py")
+    default = load_space(SHIPPED_DIR / "default.py")
     with pytest.raises(ConfigError, match="vae_scale=2.*fit only vae-scale 4"):
         check_space(probe_space(default), default, [4])
 
@@ -104,13 +103,46 @@ def test_missing_space_file(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
+def test_a_bare_name_is_a_shipped_space_anything_else_a_path():
+    assert space_path("tiny") == SHIPPED_DIR / "tiny.py" and load_space("tiny").path == SHIPPED_DIR / "tiny.py"
+    assert load_space("tiny").path.stem == "tiny"  # the experiment's name, as for a file
+    for value in ("tiny.py", "./tiny", "spaces/tiny.py"):
+        assert space_path(value) == Path(value)
+
+
+def test_an_unknown_space_name_is_refused_in_one_line():
+    result = CliRunner().invoke(app, ["search", "--space", "defualt"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: --space defualt")
+    assert "bench, default, finetune, infinitetalk, tiny" in result.stderr and "path" in result.stderr
+
+
+def test_a_path_named_like_a_shipped_space_is_the_local_file(tmp_path, monkeypatch, synth_small):
+    monkeypatch.chdir(tmp_path)
+    local = (SHIPPED_DIR / "tiny.py").read_text().replace('"audio_window", 3, 5', '"audio_window", 2, 4')
+    Path("tiny.py").write_text(local)
+    result = CliRunner().invoke(app, ["search", "--space", "tiny.py", "--manifest", str(synth_small["train"])])
+    assert result.exit_code == 2 and "--space tiny.py can sample audio_window=2" in result.stderr
+
+
+def test_a_shipped_space_keeps_its_module_name_wherever_the_package_is(tmp_path, monkeypatch):
+    """OptunaSearch pickles space() by module name: a resume after a reinstall must find it."""
+    import tune_adapter.space as space_module
+
+    name = module_name_for(SHIPPED_DIR / "tiny.py")
+    (tmp_path / "tiny.py").write_text((SHIPPED_DIR / "tiny.py").read_text())
+    assert module_name_for(tmp_path / "tiny.py") != name  # another file of the same name
+    monkeypatch.setattr(space_module, "SHIPPED_DIR", tmp_path)
+    assert module_name_for(tmp_path / "tiny.py") == name
+
+
 def test_every_epoch_reaches_optuna_and_stopped_trials_are_pruned():
     """As Tune calls it: the result on which ASHA stops a trial reaches on_trial_complete only."""
     from optuna.trial import TrialState
 
     from tune_adapter.search.optuna_pruned import PrunedAwareOptunaSearch
 
-    space = load_space(ROOT / "search_spaces" / "tiny.py")
+    space = load_space(SHIPPED_DIR / "tiny.py")
     searcher = PrunedAwareOptunaSearch(space=space.function, metric="val_l1", mode="min", max_epochs=3)
     curves = {"a": [0.9], "b": [0.8, 0.5, 0.6], "c": [0.7, 0.65]}
     for trial_id, curve in curves.items():
@@ -137,7 +169,7 @@ def test_the_baseline_is_the_first_trial_and_asha_never_stops_it():
     from tune_adapter.search.optuna_pruned import (BASELINE_KEY, BaselineKeepingASHA,
                                                    PrunedAwareOptunaSearch)
 
-    space = load_space(ROOT / "search_spaces" / "tiny.py")
+    space = load_space(SHIPPED_DIR / "tiny.py")
     searcher = PrunedAwareOptunaSearch(space=space.function, metric="val_l1", mode="min",
                                        max_epochs=4, baseline=space.baseline)
     first, second = searcher.suggest("a"), searcher.suggest("b")

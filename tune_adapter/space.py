@@ -1,5 +1,8 @@
 """Search-space files: `def space(trial) -> dict`, Optuna define-by-run.
 
+`--space` takes a shipped space by name (tune_adapter/search_spaces/NAME.py, installed
+with the package) or a path to a file of one's own.
+
 A space file may also set module constants that give defaults to `tune-adapter search`
 flags (`NUM_SAMPLES = 32`, `MAX_EPOCHS = 20`, ...; see `FLAG_CONSTANTS`). Before any
 trial starts, the space is probed with recording trials and refused when it can sample a
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from .search.options import SPACE_CONSTANTS
 
 FLAG_CONSTANTS = tuple(name.upper() for name in SPACE_CONSTANTS)  # NUM_SAMPLES, ...
 PROBE_RUNS = 64
+SHIPPED_DIR = Path(__file__).resolve().parent / "search_spaces"
 
 
 @dataclass
@@ -41,17 +46,47 @@ class SearchSpace:
     baseline: dict | None = None  # BASELINE: the search's first trial, what it must beat
 
 
+def shipped_spaces() -> list[str]:
+    """The names `--space` takes: the files of tune_adapter/search_spaces/."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def is_space_name(value: str) -> bool:
+    """A bare word names a shipped space; anything with a folder or `.py` is a path."""
+    return not any(sep and sep in value for sep in ("/", os.sep, os.altsep)) and not value.endswith(".py")
+
+
+def space_path(value: str | Path) -> Path:
+    """`--space`'s value as a file: a shipped space's by name, else the path given."""
+    if isinstance(value, Path) or not is_space_name(value):
+        return Path(value)
+    if value not in shipped_spaces():
+        raise ConfigError(f"--space {value}: no shipped space of that name: use one of "
+                          f"{', '.join(shipped_spaces())}, or a path to a .py file defining space(trial)")
+    return SHIPPED_DIR / f"{value}.py"
+
+
 def module_name_for(path: Path) -> str:
-    """A stable importable name: OptunaSearch pickles `space` by reference."""
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+    """A stable importable name: OptunaSearch pickles `space` by reference.
+
+    A shipped space's name leaves out where the package is installed, so a search resumes
+    after a reinstall elsewhere; any other file's name keeps its full path apart.
+    """
+    path = path.resolve()
+    where = "shipped" if path.parent == SHIPPED_DIR else str(path)
+    digest = hashlib.sha256(where.encode()).hexdigest()[:10]
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
     return f"tune_adapter_space_{stem}_{digest}"
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    path = Path(path)
+    """A space from a file (a str may also name a shipped space)."""
+    path = space_path(path)
     if not path.is_file():
-        raise ConfigError(f"--space {path} does not exist: give a Python file defining space(trial)")
+        raise ConfigError(f"--space {path} does not exist: give a shipped space's name "
+                          f"({', '.join(shipped_spaces())}) or a Python file defining space(trial)")
+    if path.suffix != ".py":  # importlib loads only .py files by path
+        raise ConfigError(f"--space {path} is not a .py file: give a Python file defining space(trial)")
     name = module_name_for(path)
     module = sys.modules.get(name) or _import(path, name)
     function = getattr(module, "space", None)
@@ -179,7 +214,7 @@ def check_space(probed: ProbedSpace, space: SearchSpace, latent_scales: list[int
             raise ConfigError(
                 f"{where} can sample vae_scale={unfit[0]}, but the per-latent targets fit only "
                 f"vae-scale {', '.join(map(str, latent_scales))}: fix vae_scale in the space "
-                "(search_spaces/infinitetalk.py) or use per-frame targets"
+                "(as the shipped space does: --space infinitetalk) or use per-frame targets"
             )
 
 

@@ -1,15 +1,14 @@
 """The search benchmarks run end to end on tiny dims (their figures are for `bench`, not tests)."""
 
 import math
-from pathlib import Path
 
 import pytest
 
 from tune_adapter.search import SearchOptions
 from tune_adapter.bench.asha import asha_sections, compare_asha
 from tune_adapter.bench.search import measure_search, search_sections
+from tune_adapter.space import SHIPPED_DIR
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def rows_of(sections):
@@ -18,7 +17,7 @@ def rows_of(sections):
 
 @pytest.mark.slow
 def test_asha_against_no_pruning_trains_the_same_configurations(tmp_path, synth_small):
-    options = SearchOptions(space=ROOT / "search_spaces" / "tiny.py", manifest=synth_small["train"],
+    options = SearchOptions(space=SHIPPED_DIR / "tiny.py", manifest=synth_small["train"],
                             val_manifest=synth_small["val"], num_samples=3, max_epochs=2,
                             grace_period=1, reduction_factor=2, storage=tmp_path, name="b", quiet=True)
     result = compare_asha(options)
@@ -32,7 +31,7 @@ def test_asha_against_no_pruning_trains_the_same_configurations(tmp_path, synth_
 
 @pytest.mark.slow
 def test_search_cost_is_measured_from_real_trial_processes(tmp_path, synth_small):
-    options = SearchOptions(space=ROOT / "search_spaces" / "bench.py", manifest=synth_small["train"],
+    options = SearchOptions(space=SHIPPED_DIR / "bench.py", manifest=synth_small["train"],
                             val_manifest=synth_small["val"], num_samples=2, max_epochs=2, grace_period=2,
                             cpus_per_trial=1, max_concurrent=2, storage=tmp_path, name="c", quiet=True)
     cost = measure_search(options)
@@ -52,7 +51,7 @@ def test_search_quality_runs_every_method_and_compares_them(tmp_path):
 
     task = QualityTask("small", SynthSpec(train_clips=12, val_clips=4, min_frames=5, max_frames=30,
                                           teacher_window=3, teacher_scale=2, label_noise=0.1))
-    results = bench_quality(tmp_path, ROOT / "search_spaces", seeds=1, tasks=(task,),
+    results = bench_quality(tmp_path, SHIPPED_DIR, seeds=1, tasks=(task,),
                             overrides={"num_samples": 3, "max_epochs": 1})
     (result,) = results
     assert result.guide.epochs == 1 and result.grid.epochs == len(FRAME_GRID)
@@ -73,7 +72,7 @@ def test_bench_confirm_confirms_each_search_and_compares_the_winners(tmp_path):
     from tune_adapter.synth import SynthSpec
 
     task = QualityTask("small", SynthSpec(train_clips=12, val_clips=4, min_frames=5, max_frames=30))
-    results = bench_confirm(tmp_path, ROOT / "search_spaces", seeds=1, tasks=(task,),
+    results = bench_confirm(tmp_path, SHIPPED_DIR, seeds=1, tasks=(task,),
                             overrides={"num_samples": 3, "max_epochs": 1})
     ((outcome,),) = [r.outcomes for r in results]
     assert math.isfinite(outcome.optimism) and outcome.optimism > 0

@@ -21,9 +21,10 @@ from tune_adapter.confirmation import (
 )
 from tune_adapter.results import read_epochs, read_trials
 from tune_adapter.search import SearchOptions, run_search
+from tune_adapter.space import SHIPPED_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "search_spaces" / "tiny.py"
+TINY = SHIPPED_DIR / "tiny.py"
 WIDE = {"COLUMNS": "200"}
 
 

@@ -10,9 +10,9 @@ import torch
 
 from tune_adapter import atomic
 from tune_adapter.results import ExperimentInfo, TrialStore, read_pair
+from tune_adapter.space import SHIPPED_DIR
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "search_spaces" / "tiny.py"
+TINY = SHIPPED_DIR / "tiny.py"
 INFO = ExperimentInfo(name="x", params=["lr"], max_epochs=3)
 METRICS = {"val_l1": 0.5, "val_mse": 0.3, "val_cos": 0.9, "train_loss": 0.4, "epoch_seconds": 1.0, "step": 3}
 

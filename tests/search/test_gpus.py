@@ -12,9 +12,9 @@ from tune_adapter.errors import ConfigError
 from tune_adapter.results import read_info, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.search.driver import trial_resources
+from tune_adapter.space import SHIPPED_DIR
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "search_spaces" / "tiny.py"
+TINY = SHIPPED_DIR / "tiny.py"
 
 
 def options(tmp_path, synth, name, **overrides) -> SearchOptions:

@@ -15,10 +15,10 @@ from tune_adapter.export import load_exported
 from tune_adapter.results import read_epochs, read_info, read_trials
 from tune_adapter.trainer import evaluate_pack
 from tune_adapter.search import SearchOptions, run_search
+from tune_adapter.space import SHIPPED_DIR
 from tests.support.trainables import flaky_trial
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "search_spaces" / "tiny.py"
+TINY = SHIPPED_DIR / "tiny.py"
 
 
 def options(tmp_path, synth, **overrides) -> SearchOptions:
@@ -122,7 +122,7 @@ def test_a_failing_trial_is_retried_then_recorded(tmp_path, synth_small):
 @pytest.mark.slow
 def test_default_space_runs_on_the_quickstart_data(tmp_path):
     """No --manifest: the synthetic dataset is made once under the storage folder."""
-    opts = SearchOptions(space=ROOT / "search_spaces" / "default.py", storage=tmp_path / "results",
+    opts = SearchOptions(space=SHIPPED_DIR / "default.py", storage=tmp_path / "results",
                          num_samples=2, max_epochs=1, grace_period=1, quiet=True)
     outcome = run_search(opts)
     assert outcome.complete

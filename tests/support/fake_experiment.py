@@ -45,7 +45,7 @@ def write_fake_experiment(folder: Path, trials: int = 10, seed: int = 0,
     """`baseline`: trial 0's params, marked as the search's baseline and never stopped."""
     rng = np.random.default_rng(seed)
     info = ExperimentInfo(name=Path(folder).name, params=list(distributions), max_epochs=MAX_EPOCHS,
-                          num_samples=trials, space="search_spaces/default.py",
+                          num_samples=trials, space="default",
                           distributions={k: distribution_to_json(d) for k, d in distributions.items()})
     store = TrialStore(folder, info)
     made: list[FakeTrial] = []

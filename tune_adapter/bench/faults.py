@@ -121,11 +121,8 @@ def check_store(folder: Path, outcome: KillOutcome) -> None:
 def bench_faults(work_dir: Path, space: Path, kill_points=BENCH_KILLS, num_samples: int = 6,
                  progress=None) -> tuple[FaultSearch, list[KillOutcome]]:
     """Every kill point of `kill_points` on the same tiny dataset, one after another."""
-    from ..errors import UserError
     from ..synth import SynthSpec, write_synth
 
-    if not Path(space).is_file():
-        raise UserError(f"{space} not found: run the fault bench from the repository's root folder")
     work_dir = Path(work_dir).resolve()
     data = work_dir / "data"
     if not (data / "train.json").is_file():

@@ -34,19 +34,20 @@ def bench(
     SIGKILLs tiny searches at chosen moments and resumes them."""
     from ..bench.trainer import BenchSpec, run_bench
     from ..display import bench_table, console, sections_table
+    from ..space import SHIPPED_DIR, space_path
 
     if quality:
         from ..bench.quality import bench_quality, quality_sections
 
         with console.status("benchmarking: search quality (real searches; about 40 minutes on 2 cores)"):
-            results = bench_quality(work_dir / "quality", Path("search_spaces"), seeds=seeds)
+            results = bench_quality(work_dir / "quality", SHIPPED_DIR, seeds=seeds)
         console.print(sections_table("tune-adapter bench: search quality", quality_sections(results)))
         return
     if confirm:
         from ..bench.confirm import bench_confirm, confirm_sections
 
         with console.status("benchmarking: confirmation (a search and a confirmation per task and seed)"):
-            results = bench_confirm(work_dir / "confirm", Path("search_spaces"), seeds=seeds)
+            results = bench_confirm(work_dir / "confirm", SHIPPED_DIR, seeds=seeds)
         console.print(sections_table("tune-adapter bench: confirmation", confirm_sections(results)))
         return
     if faults:
@@ -58,11 +59,11 @@ def bench(
 
         if search:
             what = "search cost"
-            run = partial(bench_search, work_dir, Path("search_spaces") / "bench.py", trials=trials,
+            run = partial(bench_search, work_dir, space_path("bench"), trials=trials,
                           checkpoint_every=checkpoint_every)
         else:
             what = "ASHA against no pruning"
-            run = partial(bench_asha, work_dir, Path("search_spaces") / "default.py")
+            run = partial(bench_asha, work_dir, space_path("default"))
         with console.status(f"benchmarking: {what} (real searches; minutes)"):
             sections = run()
         console.print(sections_table(f"tune-adapter bench: {what}", sections))
@@ -79,11 +80,12 @@ def bench_faults_command(work_dir: Path) -> None:
     """--faults: SIGKILL tiny searches at chosen moments, resume them, check their records."""
     from ..display import console
     from ..bench.faults import BENCH_KILLS, bench_faults, failure_lines, outcomes_table
+    from ..space import space_path
 
     what = f"{len(BENCH_KILLS)} kill points, each a search killed and resumed (minutes)"
     with console.status(f"benchmarking: {what}") as status:
         search, outcomes = bench_faults(
-            work_dir / "faults", Path("search_spaces") / "tiny.py",
+            work_dir / "faults", space_path("tiny"),
             progress=lambda o: status.update(f"benchmarking: kill point {' > '.join(o.kills)} done"))
     console.print(outcomes_table(search, outcomes))
     for line in failure_lines(search, outcomes):

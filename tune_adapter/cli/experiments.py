@@ -13,7 +13,7 @@ from .app import CacheDir, Experiment, ValFraction, ValManifest
 
 
 def search(
-    space: Annotated[Optional[Path], typer.Option(help="Space file defining space(trial) [search_spaces/default.py; with --continue, the search's own]")] = None,
+    space: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="A shipped space (`tune-adapter spaces` lists them) or a .py file defining space(trial) [default; with --continue, the search's own]")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="Training manifest [default: a synthetic dataset under --storage]")] = None,
     val_manifest: ValManifest = None,
     val_fraction: ValFraction = None,
@@ -51,7 +51,7 @@ def search(
     space = space or search_space_of(storage, name, continue_search)
     space_file = load_space(space)
     options = resolve_options(
-        space_file.defaults, space=space, continue_search=continue_search,
+        space_file.defaults, space=space_file.path, continue_search=continue_search,
         warm_start=tuple(warm_start or ()), time_budget=time_budget, manifest=manifest, val_manifest=val_manifest,
         val_fraction=val_fraction, num_samples=num_samples, max_epochs=max_epochs,
         grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=cpus_per_trial,
@@ -75,15 +75,14 @@ def search(
     console.print(f"results: {folder}/trials.parquet, epochs.parquet", soft_wrap=True)
 
 
-def search_space_of(storage: Path, name: str | None, continue_search: bool) -> Path:
+def search_space_of(storage: Path, name: str | None, continue_search: bool) -> str:
     """--space left out: the continued search's own space file, else the default space."""
-    default = Path("search_spaces/default.py")
     if not continue_search:
-        return default
+        return "default"
     from ..results import TRIALS_FILE, read_info
 
-    folder = Path(storage) / (name or default.stem)
-    return Path(read_info(folder).space) if (folder / TRIALS_FILE).is_file() else default
+    folder = Path(storage) / (name or "default")
+    return read_info(folder).space if (folder / TRIALS_FILE).is_file() else "default"
 
 
 def confirm(
