@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..results import EPOCHS_FILE, TRIALS_FILE, read_epochs, read_trials
 from ..search.record import KILL_AFTER_ENV
+from ..search.study import has_study, mismatches
 
 # Kill points of `tune-adapter bench --faults`: single kills spread over a tiny search's
 # ~40 events (results and checkpoints of 6 trials x up to 3 epochs), then repeated kills.
@@ -58,13 +59,15 @@ class KillOutcome:
     statuses: dict[str, int] = field(default_factory=dict)
     duplicate_trials: int = 0
     repeated_epochs: int = 0
+    study_mismatches: list[str] = field(default_factory=list)  # the journal against the Parquet store
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tail: str = ""  # the final run's last output lines, when it failed
 
     def ok(self, num_samples: int) -> bool:
         return (self.exit_code == 0 and self.trials == num_samples and self.duplicate_trials == 0
-                and self.repeated_epochs == 0 and set(self.statuses) <= {"completed", "pruned"})
+                and self.repeated_epochs == 0 and set(self.statuses) <= {"completed", "pruned"}
+                and not self.study_mismatches)
 
 
 def run_driver(search: FaultSearch, name: str, resume: bool, kill_after: str | None) -> subprocess.CompletedProcess:
@@ -116,6 +119,7 @@ def check_store(folder: Path, outcome: KillOutcome) -> None:
     outcome.statuses = {str(k): int(v) for k, v in trials["status"].value_counts().items()}
     outcome.repeated_epochs = int(epochs.duplicated(["trial_id", "epoch"]).sum())
     outcome.errors = [str(e) for e in trials["error"].dropna()]
+    outcome.study_mismatches = mismatches(folder, folder.name) if has_study(folder) else ["no optuna.journal"]
 
 
 def bench_faults(work_dir: Path, space: Path, kill_points=BENCH_KILLS, num_samples: int = 6,
@@ -145,7 +149,7 @@ def outcomes_table(search: FaultSearch, outcomes: list[KillOutcome]):
     table = Table(title=f"tune-adapter bench --faults: {search.num_samples} trials x up to "
                         f"{search.max_epochs} epochs, killed then resumed", title_justify="left")
     table.add_column("kill after", no_wrap=True)
-    for column in ("kills", "exit", "trials", "completed", "pruned", "error", "other", "epochs twice", "s"):
+    for column in ("kills", "exit", "trials", "completed", "pruned", "error", "other", "epochs twice", "study ≠", "s"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("outcome", no_wrap=True)
     for o in outcomes:
@@ -153,7 +157,7 @@ def outcomes_table(search: FaultSearch, outcomes: list[KillOutcome]):
         verdict = "[green]ok" if o.ok(search.num_samples) else "[red]FAILED"
         table.add_row(" > ".join(o.kills), str(o.killed), str(o.exit_code), str(o.trials),
                       *(str(o.statuses.get(k, 0)) for k in ("completed", "pruned", "error")), str(other),
-                      str(o.repeated_epochs), f"{o.seconds:.0f}", verdict)
+                      str(o.repeated_epochs), str(len(o.study_mismatches)), f"{o.seconds:.0f}", verdict)
     return table
 
 
@@ -162,6 +166,6 @@ def failure_lines(search: FaultSearch, outcomes: list[KillOutcome]) -> list[str]
     lines = []
     for o in outcomes:
         if not o.ok(search.num_samples):
-            detail = "; ".join(o.errors) or o.tail or "no error recorded"
+            detail = "; ".join(o.errors + o.study_mismatches) or o.tail or "no error recorded"
             lines.append(f"kill after {' > '.join(o.kills)}: {detail}")
     return lines

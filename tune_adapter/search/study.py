@@ -143,3 +143,24 @@ def reconcile(study: optuna.Study, store: TrialStore, complete: bool) -> None:
         if state == TrialState.PRUNED and not values:
             state = TrialState.FAIL
         study.tell(trial.number, min(values.values()) if state == TrialState.COMPLETE else None, state=state)
+
+
+def mismatches(folder: Path, name: str) -> list[str]:
+    """How the journal's study differs from trials.parquet and epochs.parquet: each row one
+    study trial, in its row's state, with its epochs as intermediate values. Empty: agreed."""
+    from ..results import read_epochs, read_trials
+
+    trials, epochs = read_trials(folder), read_epochs(folder)
+    by_id = tune_trials(optuna.load_study(study_name=name, storage=journal_storage(folder)))
+    found = [f"{t}: in the study, not in trials.parquet" for t in sorted(set(by_id) - set(trials["trial_id"]))]
+    for row in trials.to_dict("records"):
+        trial = by_id.get(row["trial_id"])
+        mine = epochs[(epochs["trial_id"] == row["trial_id"]) & (epochs["epoch"] >= 1)]
+        values = {int(e): float(v) for e, v in zip(mine["epoch"], mine["val_l1"]) if not math.isnan(v)}
+        if trial is None:
+            found.append(f"{row['trial_id']}: not in the study")
+        elif trial.state != STATES.get(row["status"], TrialState.RUNNING):
+            found.append(f"{row['trial_id']}: {row['status']} but {trial.state.name} in the study")
+        elif trial.intermediate_values != values:
+            found.append(f"{row['trial_id']}: intermediate values {trial.intermediate_values} but epochs {values}")
+    return found
