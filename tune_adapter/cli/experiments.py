@@ -151,7 +151,10 @@ def best(
     allow_config_change: AllowConfigChange = False,
 ):
     """The best trials of an experiment; with --export, the winner as InfiniteTalk weights."""
+    from rich.text import Text
+
     from ..display import console
+    from ..edges import edge_warnings, search_winner
     from ..results import best_trial, open_experiment, read_epochs, read_trials
     from ..search.live import top_trials_table
 
@@ -161,6 +164,8 @@ def best(
     trials = read_trials(folder)
     console.print(f"experiment {folder}", soft_wrap=True)
     console.print(top_trials_table(trials, info.params, top, f"top {top} trials"))
+    for line in edge_warnings(search_winner(trials), info, len(trials)):
+        console.print(Text(line, style="yellow"), soft_wrap=True)  # one line: the command is copied whole
     confirmed = read_confirm(folder) if has_confirmation(folder) else None
     if confirmed is not None:
         console.print(confirm_table(confirmed, "confirmation over seeds (tune-adapter confirm)"))
