@@ -255,23 +255,25 @@ def _none_if_nan(value):
 def confirm_table(runs, title: str = "confirmation"):
     """A rich table of each configuration over its seeds, and the verdict lines under it."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
+
+    from .fit_table import Column, FitTable
 
     summary = summarize(runs)
     tested = bool(summary["test_runs"].sum()) if not summary.empty else False
-    table = Table(title=title, title_justify="left")
-    for column in ("#", "trial", "seeds", "val_l1 mean ± sd", "min", "max",
-                   *(("test_l1 mean ± sd",) if tested else ())):
-        table.add_column(column, no_wrap=column == "trial")
-    for rank, row in enumerate(summary.to_dict("records"), start=1):
-        table.add_row(str(rank), row["trial_id"] + (" (baseline)" if row["baseline"] else ""), str(row["runs"]),
-                      _pm(row["val_mean"], row["val_sd"]), f"{row['val_min']:.4f}", f"{row['val_max']:.4f}",
-                      *((_pm(row["test_mean"], row["test_sd"]),) if tested else ()))
+    rows = summary.to_dict("records")
+    # min and max are left out first when the terminal is narrow: mean ± sd says most.
+    columns = [Column("#", [str(rank) for rank in range(1, len(rows) + 1)]),
+               Column("trial", [r["trial_id"] + (" (baseline)" if r["baseline"] else "") for r in rows]),
+               Column("seeds", [str(r["runs"]) for r in rows]),
+               Column("val_l1 mean ± sd", [_pm(r["val_mean"], r["val_sd"]) for r in rows]),
+               Column("min", [f"{r['val_min']:.4f}" for r in rows], priority=1),
+               Column("max", [f"{r['val_max']:.4f}" for r in rows], priority=2)]
+    if tested:
+        columns.append(Column("test_l1 mean ± sd", [_pm(r["test_mean"], r["test_sd"]) for r in rows]))
     pending = len(runs) - len(finished_runs(runs))
-    if pending:
-        table.caption = f"{pending} of {len(runs)} runs not finished (running, pending or failed)"
-    return Group(table, Text("\n".join(verdict_lines(runs))))
+    caption = f"{pending} of {len(runs)} runs not finished (running, pending or failed)" if pending else None
+    return Group(FitTable(columns, title=title, caption=caption), Text("\n".join(verdict_lines(runs))))
 
 
 def _pm(mean: float, sd: float) -> str:

@@ -94,16 +94,6 @@ def pack_summary(pack: PackedClips, title: str) -> Table:
     return table
 
 
-def frame_table(frame, title: str) -> Table:
-    """A pandas DataFrame as a rich table (floats to 4 significant digits)."""
-    table = Table(title=title, title_justify="left")
-    for column in frame.columns:
-        table.add_column(str(column), overflow="fold")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    return table
-
-
 def bench_table(report) -> Table:
     """A `bench.report.BenchReport` as one table, a heading row per section."""
     spec = report.spec

@@ -116,21 +116,25 @@ def results(
     experiment: Experiment = None,
     epochs: Annotated[bool, typer.Option("--epochs", help="One row per trial per epoch")] = False,
     format: Annotated[str, typer.Option(help="table, csv or json")] = "table",
+    wide: Annotated[bool, typer.Option("--wide", help="Every column, however wide [what fits the terminal]")] = False,
 ):
     """Print an experiment's trials (or epochs) from its Parquet files."""
-    from ..display import console, frame_table
+    from ..display import console
     from ..results import open_experiment, read_epochs, read_trials
+    from ..results_table import epochs_table, trials_table
 
     if format not in ("table", "csv", "json"):
         raise UserError(f"--format {format!r} is unknown: use table, csv or json")
-    folder, _ = open_experiment(experiment)
+    folder, info = open_experiment(experiment)
     frame = read_epochs(folder) if epochs else read_trials(folder)
     if format == "csv":
         print(frame.to_csv(index=False), end="")
     elif format == "json":
         print(frame.to_json(orient="records", indent=1))
+    elif epochs:
+        console.print(epochs_table(frame, str(folder), wide), crop=not wide)
     else:
-        console.print(frame_table(frame, title=str(folder)))
+        console.print(trials_table(frame, info.params, str(folder), wide), crop=not wide)
 
 
 MergeInto = Annotated[Optional[Path], typer.Option(help="InfiniteTalk weights file to copy with audio_proj.* replaced")]
@@ -147,7 +151,10 @@ def best(
     allow_config_change: AllowConfigChange = False,
 ):
     """The best trials of an experiment; with --export, the winner as InfiniteTalk weights."""
+    from rich.text import Text
+
     from ..display import console
+    from ..edges import edge_warnings, search_winner
     from ..results import best_trial, open_experiment, read_epochs, read_trials
     from ..search.live import top_trials_table
 
@@ -157,6 +164,8 @@ def best(
     trials = read_trials(folder)
     console.print(f"experiment {folder}", soft_wrap=True)
     console.print(top_trials_table(trials, info.params, top, f"top {top} trials"))
+    for line in edge_warnings(search_winner(trials), info, len(trials)):
+        console.print(Text(line, style="yellow"), soft_wrap=True)  # one line: the command is copied whole
     confirmed = read_confirm(folder) if has_confirmation(folder) else None
     if confirmed is not None:
         console.print(confirm_table(confirmed, "confirmation over seeds (tune-adapter confirm)"))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..edges import edge_warnings
 from ..results import baseline_verdict, start_gain, start_line
 from .experiment import RANK_METRIC, Experiment, is_missing
 from .importance import Importances
@@ -36,6 +37,7 @@ tr.error td.status { color: #8c564b; font-weight: bold; }
 tr.best { background: #fff3f3; }
 dl.summary { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; }
 dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
+ul.edges { color: #8a5a00; }
 """
 
 
@@ -55,7 +57,7 @@ def render(experiment: Experiment, figures: Figures, importances: Importances,
     title = f"tune-adapter report: {experiment.info.name}"
     body = "\n".join([
         f"<h1>{_e(title)}</h1>",
-        _summary(experiment),
+        _summary(experiment), _edges(experiment),
         "<h2>Learning curves</h2>", _image(figures.curves, "val_l1 curves of every trial"),
         "<p class='caption'>Dashed grey lines ending in an x: trials ASHA stopped early "
         "(pruned); red: the best trial; black dots: the baseline (the space's BASELINE).</p>",
@@ -90,6 +92,12 @@ def _summary(experiment: Experiment) -> str:
     ]
     rows = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items)
     return f"<dl class='summary'>{rows}</dl>"
+
+
+def _edges(experiment: Experiment) -> str:
+    """The winner's parameters at an edge of their range: the best may lie beyond it."""
+    lines = edge_warnings(experiment.best().to_dict(), experiment.info, len(experiment.trials))
+    return f"<ul class='edges'>{''.join(f'<li>{_e(line)}</li>' for line in lines)}</ul>" if lines else ""
 
 
 def _top_table(experiment: Experiment) -> str:

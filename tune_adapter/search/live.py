@@ -8,25 +8,20 @@ from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 from ray.tune import Callback
 
+from ..fit_table import Column, FitTable, format_number
 from ..results import ExperimentInfo, baseline_verdict, is_nan, start_line
+from ..results_table import param_columns
 from .optuna_pruned import BASELINE_KEY
 
 STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
 LIVE_STATES = {"completed": "done", "stopped": "pruned", "error": "failed"}  # trials.parquet's status
 
 
-def format_param(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if value and (abs(value) < 1e-3 or abs(value) >= 1e4) else f"{value:.4g}"
-    return str(value)
-
-
 def params_text(params: dict) -> str:
-    return "  ".join(f"{k}={format_param(v)}" for k, v in params.items())
+    return "  ".join(f"{k}={format_number(v)}" for k, v in params.items())
 
 
 class LiveTable(Callback):
@@ -55,20 +50,18 @@ class LiveTable(Callback):
             return "done" if epochs >= self.info.max_epochs else "pruned"
         return STATE_NAMES.get(trial.status, trial.status.lower())
 
-    def render(self, trials) -> Table:
+    def render(self, trials) -> Group:
+        """The counts as a table; the best parameters on a line of their own, which may wrap."""
         counts = Counter(self.state_of(t) for t in trials) + self.before
-        table = Table(title=f"search {self.info.name}", title_justify="left")
-        for column in ("running", "pending", "done", "pruned", "failed", "baseline val_l1", "best val_l1",
-                       "best parameters"):
-            table.add_column(column, justify="right" if column != "best parameters" else "left")
-        best_value, best_params = ("-", "")
-        if self.best is not None:
-            best_value, best_params = f"{self.best[0]:.4f}", params_text(self.best[2])
-        table.add_row(*(str(counts.get(s, 0)) for s in ("running", "pending", "done", "pruned", "failed")),
-                      _metric(self.baseline), best_value, best_params)
+        columns = [Column(state, [str(counts.get(state, 0))], short=state[:4], justify="right")
+                   for state in ("running", "pending", "done", "pruned", "failed")]
+        columns += [Column("baseline val_l1", [_metric(self.baseline)], short="baseline", justify="right",
+                           priority=1),
+                    Column("best val_l1", [_metric(self.best and self.best[0])], short="best", justify="right")]
         started = len(trials) + self.info.extra.get("run_starts", [0])[-1]
-        table.caption = f"{started} of {self.info.num_samples} trials started, max {self.info.max_epochs} epochs"
-        return table
+        caption = f"{started} of {self.info.num_samples} trials started, max {self.info.max_epochs} epochs"
+        best = f"best parameters: {params_text(self.best[2])}" if self.best is not None else ""
+        return Group(FitTable(columns, title=f"search {self.info.name}", caption=caption), Text(best))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.info.metric)
@@ -100,27 +93,26 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
     """The best trials by `best_val_l1` (and the baseline, marked, wherever it ranks), their
     checkpoint folders (long paths wrap), and how the winner compares with the baseline."""
     varying = [p for p in params if trials_frame[p].nunique(dropna=False) > 1] or params
-    table = Table(title=title, title_justify="left")
-    table.add_column("#")
-    table.add_column("trial", no_wrap=True, min_width=8)
-    table.add_column("status", no_wrap=True, min_width=9)
-    for column in (*varying, "best val_l1", "val_cos", "epoch"):
-        table.add_column(column)
     ranked = trials_frame.sort_values("best_val_l1", na_position="last").reset_index(drop=True)
     shown = [(i + 1, row) for i, row in enumerate(ranked.to_dict("records")) if i < top or _is_baseline(row)]
+    rows = [row for _, row in shown]
+    columns = [
+        Column("#", [str(rank) for rank, _ in shown]),
+        Column("trial", [r["trial_id"] + (" (baseline)" if _is_baseline(r) else "") for r in rows]),
+        Column("status", [r["status"] for r in rows]),
+        *param_columns(trials_frame[varying], varying, rows),
+        Column("best val_l1", [_metric(r["best_val_l1"]) for r in rows], short="val_l1", justify="right"),
+        Column("val_cos", [_metric(r["best_val_cos"]) for r in rows], short="cos", justify="right", priority=900),
+        Column("epoch", [_epoch(r["best_epoch"]) for r in rows], short="ep", justify="right"),
+    ]
     paths = Text()
     for rank, row in shown:
-        epoch = row["best_epoch"]
-        table.add_row(
-            str(rank), row["trial_id"] + (" (baseline)" if _is_baseline(row) else ""), row["status"],
-            *(format_param(row[p]) for p in varying), _metric(row["best_val_l1"]),
-            _metric(row["best_val_cos"]), "-" if epoch is None or is_nan(epoch) else str(int(epoch)),
-        )
         # pandas reads a missing string as NaN, which is truthy: only a str is a value here.
         where = next((v for v in (row["best_checkpoint"], row["error"]) if isinstance(v, str) and v),
                      "no checkpoint kept")
         paths.append(f"#{rank} {row['trial_id']}: {short_path(where)}\n")
     lines = [baseline_verdict(ranked), start_line(ranked.iloc[0]) if len(ranked) else None]
+    table = FitTable(columns, title=title, hidden_hint="tune-adapter results --wide shows them")
     return Group(table, paths, *(Text(line) for line in lines if line))
 
 
@@ -134,6 +126,10 @@ def short_path(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return path
+
+
+def _epoch(value) -> str:
+    return "-" if value is None or is_nan(value) else str(int(value))
 
 
 def _metric(value) -> str:
