@@ -10,6 +10,7 @@ from tests.search.test_search import TINY, options
 from tune_adapter.errors import ConfigError
 from tune_adapter.results import ExperimentInfo, read_trials
 from tune_adapter.search import run_search
+from tune_adapter.search.distinct import DistinctSampler
 from tune_adapter.search.budget import FAKE_SECONDS_ENV, SPENT_KEY
 from tune_adapter.search.options import parse_duration
 from tune_adapter.search.study import (
@@ -142,3 +143,57 @@ def test_durations_read_as_seconds():
     assert parse_duration("1h30m") == 5400 and parse_duration("90") == 90
     with pytest.raises(ConfigError, match="--time-budget 'soon' is not a duration"):
         parse_duration("soon")
+
+
+LR = FloatDistribution(1e-4, 1e-2, log=True)
+
+
+def lr_space(trial):
+    return {"lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True)}
+
+
+def test_a_trial_asked_after_the_last_snapshot_is_taken_over_not_duplicated(tmp_path):
+    """The driver dies after the searcher asked for trial b but before Tune's snapshot
+    saved it: the resumed searcher (restored from that snapshot) gives the trial Tune asks
+    for in b's place b's study trial and configuration, so the study holds each once."""
+    from tune_adapter.search.optuna_pruned import PrunedAwareOptunaSearch
+
+    def searcher():
+        return PrunedAwareOptunaSearch(
+            space=lr_space, metric="val_l1",
+            mode="min", max_epochs=2, storage=journal_storage(tmp_path), study_name="s",
+            sampler=DistinctSampler(optuna.samplers.RandomSampler(seed=0), {"lr": LR}))
+
+    first = searcher()
+    first.suggest("a")
+    first.save(str(tmp_path / "snapshot.pkl"))
+    lost = first.suggest("b")
+    first.on_trial_result("a", {"epoch": 1, "val_l1": 0.5})
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "snapshot.pkl"))
+    assert resumed.suggest("c") == lost
+    resumed.on_trial_complete("a", {"epoch": 2, "val_l1": 0.4})
+    fresh = resumed.suggest("d")
+    study = load_study(tmp_path, "s")
+    assert [t.user_attrs[TUNE_ID_ATTR] for t in study.trials] == ["a", "c", "d"]
+    # The sampler, restored from the snapshot too, draws b's value again: not run twice.
+    assert fresh != lost and study.trials[0].state == TrialState.COMPLETE
+    assert study.trials[0].intermediate_values == {1: 0.5, 2: 0.4}
+
+
+def test_bad_continue_warm_start_and_budget_flags_are_refused_in_one_line(tmp_path, synth_small):
+    from typer.testing import CliRunner
+
+    from tune_adapter.cli import app
+
+    base = ["search", "--space", "tiny", "--storage", str(tmp_path / "results"), "--manifest",
+            str(synth_small["train"]), "--val-manifest", str(synth_small["val"])]
+    cases = {("--name", "none", "--continue"): "--continue: ",
+             ("--warm-start", str(tmp_path / "nowhere")): "is not a folder",
+             ("--time-budget", "soon"): "--time-budget 'soon' is not a duration"}
+    for flags, message in cases.items():
+        result = CliRunner().invoke(app, [*base, *flags], env={"COLUMNS": "300"})
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "results" / "none").exists() and not (tmp_path / "results" / "tiny").exists()
