@@ -102,3 +102,12 @@ def test_report_warns_of_each_parameter_at_an_edge(at_edge):
     assert "lr 0.001 lies at the top of its range 1e-05..0.001 (log): widen it" in page
     assert "audio_window 5 lies at the top of its range 1..5 (step 2)" in page
     assert "weight_decay" not in page.split("<ul class='edges'>")[1].split("</ul>")[0]
+
+
+def test_a_shipped_space_is_widened_in_a_copy():
+    from tune_adapter.edges import widen_advice
+    from tune_adapter.space import SHIPPED_DIR
+
+    assert "cp " in widen_advice(str(SHIPPED_DIR / "default.py")) and "--space my_space.py" in \
+        widen_advice(str(SHIPPED_DIR / "default.py"))
+    assert widen_advice("/home/me/space.py").endswith("--space /home/me/space.py")

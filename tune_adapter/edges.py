@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from pathlib import Path
 
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution, json_to_distribution)
@@ -87,10 +88,19 @@ def edge_warnings(winner: Mapping | None, info: ExperimentInfo, trials: int) -> 
         if side is None:
             continue
         where = f"lies {side} its range" if side in ("above", "below") else f"lies at the {side} of its range"
-        lines.append(f"{param} {_value_text(winner[param])} {where} {range_text(distribution)}: widen it in the "
-                     f"space file and add trials with tune-adapter search --space {info.space or 'SPACE'} "
-                     f"--name {info.name} --continue --num-samples {trials + EXTRA_TRIALS}")
+        lines.append(f"{param} {_value_text(winner[param])} {where} {range_text(distribution)}: "
+                     f"{widen_advice(info.space)} --name {info.name} --continue --num-samples {trials + EXTRA_TRIALS}")
     return lines
+
+
+def widen_advice(space: str) -> str:
+    """A shipped space is not the user's to edit: widen a copy of it instead."""
+    from .space import SHIPPED_DIR
+
+    if space and Path(space).resolve().parent == SHIPPED_DIR:
+        return (f"widen it in a copy of the space (cp {space} my_space.py) and add trials with "
+                f"tune-adapter search --space my_space.py")
+    return f"widen it in the space file and add trials with tune-adapter search --space {space or 'SPACE'}"
 
 
 def _plain(value):
