@@ -197,3 +197,26 @@ def test_bad_continue_warm_start_and_budget_flags_are_refused_in_one_line(tmp_pa
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "results" / "none").exists() and not (tmp_path / "results" / "tiny").exists()
+
+
+@pytest.mark.slow
+def test_a_time_budget_survives_a_kill_and_resume(tmp_path, synth_small, monkeypatch):
+    from tune_adapter.bench.faults import FaultSearch, run_driver
+    from tune_adapter.search.driver import prepare_search
+
+    monkeypatch.setenv(FAKE_SECONDS_ENV, "600")
+    search = FaultSearch(space=TINY, train=synth_small["train"], val=synth_small["val"], storage=tmp_path,
+                         num_samples=6, flags=("--time-budget", "30m", "--max-concurrent", "1", "--no-baseline"))
+    # Killed right after the first result's checkpoint is recorded: 10 minutes spent.
+    assert run_driver(search, "budget", resume=False, kill_after="2").returncode == -9
+    folder = tmp_path / "budget"
+    assert read_info_extra(folder)[SPENT_KEY] == 600
+    resumed = prepare_search(options(tmp_path, synth_small, storage=tmp_path, name="budget", resume=True))
+    assert resumed.budget_s == 1800 and resumed.info.extra[SPENT_KEY] == 600  # the flag left out: as recorded
+    done = run_driver(search, "budget", resume=True, kill_after=None)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Two more results spend the rest; no trial starts after.
+    assert read_info_extra(folder)[SPENT_KEY] == 1800
+    trials = read_trials(folder)
+    assert len(trials) < 6 and set(trials["status"]) <= {"completed", "pruned", "stopped"}
+    assert_study_matches_store(folder, "budget")

@@ -41,13 +41,14 @@ class FaultSearch:
     max_epochs: int = 3
     seed: int = 0
     timeout_s: float = 300.0
+    flags: tuple[str, ...] = ()  # more search flags, the same in every run
 
     def command(self, name: str, resume: bool) -> list[str]:
         return [sys.executable, "-m", "tune_adapter", "search", "--space", str(self.space),
                 "--manifest", str(self.train), "--val-manifest", str(self.val),
                 "--num-samples", str(self.num_samples), "--max-epochs", str(self.max_epochs),
                 "--grace-period", "1", "--reduction-factor", "2", "--seed", str(self.seed),
-                "--storage", str(self.storage), "--name", name, *(["--resume"] if resume else [])]
+                "--storage", str(self.storage), "--name", name, *self.flags, *(["--resume"] if resume else [])]
 
 
 @dataclass

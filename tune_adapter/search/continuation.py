@@ -26,6 +26,8 @@ def carry_earlier_runs(options: SearchOptions, info: ExperimentInfo, distributio
         return 0
     earlier = read_info(folder)
     info.extra.update({k: earlier.extra[k] for k in ("run_starts", SPENT_KEY) if k in earlier.extra})
+    if options.resume:  # the run's own settings, as recorded (its time budget)
+        info.extra["search"] = earlier.extra.get("search", info.extra["search"])
     info.extra.setdefault("run_starts", [0])
     if options.resume or not options.continue_search:
         info.num_samples = earlier.num_samples

@@ -78,7 +78,7 @@ def search_record(options: SearchOptions, sources: dict) -> dict:
     return {"data": sources, "mixed_precision": options.mixed_precision,
             "checkpoint_every": options.checkpoint_every, "cpus_per_trial": options.cpus_per_trial,
             "gpus_per_trial": options.gpus_per_trial, "max_concurrent": options.max_concurrent,
-            "max_failures": options.max_failures}
+            "max_failures": options.max_failures, "time_budget": options.time_budget}
 
 
 def experiment_info(options: SearchOptions, space: SearchSpace, params: list[str], probed) -> ExperimentInfo:
@@ -285,6 +285,7 @@ class PreparedSearch:
     setup: TrialSetup
     distributions: dict  # the space's Optuna distributions, by parameter
     held: int = 0  # trials the experiment holds from earlier runs (--continue)
+    budget_s: float | None = None  # --time-budget; a --resume without it keeps the recorded one
 
     @property
     def run_samples(self) -> int:
@@ -306,13 +307,16 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
     info = experiment_info(options, space, probed.params, probed)
     info.extra["search"] = search_record(options, sources)
     held = carry_earlier_runs(options, info, probed.distributions)
+    budget_s = options.time_budget
+    if budget_s is None and options.resume:
+        budget_s = info.extra.get("search", {}).get("time_budget")
     check_warm_starts(options.warm_start, probed.distributions)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
                        init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
                        init_partial=options.init_partial, save_every=options.checkpoint_every,
                        moments_in_last_checkpoint=False,  # nothing resumes a finished trial
                        keep_freed_memory=keeps_freed_memory(options))
-    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions, held)
+    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions, held, budget_s)
 
 
 @contextmanager
@@ -336,7 +340,7 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
 
     prepared = prepare_search(options)
     info = prepared.info
-    with ray_session(options), running_clock(options.time_budget, info.extra.get(SPENT_KEY, 0.0)) as clock:
+    with ray_session(options), running_clock(prepared.budget_s, info.extra.get(SPENT_KEY, 0.0)) as clock:
         open_run_study(options, info.name, prepared.distributions)
         store = StoreCallback(options.experiment_dir, info)
         callbacks = [store] if options.quiet else [store, LiveTable(info, console, earlier_counts(options, prepared))]

@@ -133,11 +133,13 @@ class StoreCallback(Callback):
         if start is not None:
             self.elapsed[trial_id] = self.elapsed.get(trial_id, 0.0) + time.monotonic() - start
 
-    def on_step_end(self, iteration, trials, **info):
-        if budget.ACTIVE is not None:  # written with the next write of the files
+    def note_time(self) -> None:
+        """The search's time spent, saved with every write of the files (budget.py)."""
+        if budget.ACTIVE is not None:
             self.info.extra[budget.SPENT_KEY] = budget.ACTIVE.spent()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.note_time()
         if START_PREFIX + "val_l1" in result:
             log_start_to_tensorboard(trial, result)
         # A result that carries a checkpoint is written once, with it (`on_checkpoint`): the
@@ -148,6 +150,7 @@ class StoreCallback(Callback):
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Tune calls this right after on_trial_result for the same report.
+        self.note_time()
         epoch = (trial.last_result or {}).get("epoch")
         if epoch is not None:
             self.store.record_checkpoint(trial.trial_id, int(epoch), checkpoint.path)
@@ -170,6 +173,7 @@ class StoreCallback(Callback):
         return None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.note_time()
         epochs = (trial.last_result or {}).get("epoch", 0)
         status = "completed" if epochs >= self.info.max_epochs else \
             "stopped" if budget.stopped_by_budget(trial.trial_id) else "pruned"
@@ -177,6 +181,7 @@ class StoreCallback(Callback):
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.note_time()
         self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial),
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
 
