@@ -287,3 +287,21 @@ def test_trials_a_resumed_tune_never_knew_are_dropped_with_their_checkpoints(tmp
     assert set(trials) == {"a", "c"}
     assert sorted(r.number for r in trials.values()) == [0, 1]
     assert not (tmp_path / "trial_lost").exists()
+
+
+def test_a_trial_tune_ended_in_error_without_telling_the_callbacks_is_recorded(tmp_path):
+    """A reused actor that fails to reset ends its new trial ERROR, and Tune calls no
+    callback: the trial would stay out of the store, its study trial running."""
+    from types import SimpleNamespace
+
+    from tune_adapter.search.record import record_silent_errors
+
+    store = store_with(tmp_path, ["a"])
+    store.record_end("a", {"lr": 1e-3}, "completed")
+    failed = SimpleNamespace(error=RuntimeError("Traceback ...\nTrainable runner reuse requires reset_config()"),
+                             config={"lr": 3e-3})
+    record_silent_errors(store, {"a": SimpleNamespace(error=None, config={}), "b": failed})
+    trials = TrialStore(tmp_path, INFO).trials
+    assert trials["a"].status == "completed"
+    assert trials["b"].status == "error" and trials["b"].params == {"lr": 3e-3}
+    assert trials["b"].error == "Trainable runner reuse requires reset_config()"

@@ -35,6 +35,10 @@ QUIET_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
              "RAY_AIR_NEW_OUTPUT": "0"}
 # Snapshot the experiment often: after a SIGKILL, Tune resumes from its last snapshot.
 SNAPSHOT_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
+# A reused actor waits this long for the stopped trial's thread to end (its `finally`
+# blocks free memory and files); Tune's 2 s default failed trials on a busy machine, as
+# errors no callback hears of.
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
 
 
 @dataclass
@@ -114,7 +118,7 @@ def start_ray(options: SearchOptions) -> bool:
     """Connect to --address or start a local Ray; False when Ray was already running here."""
     import ray
 
-    os.environ.update({k: v for k, v in {**QUIET_ENV, **SNAPSHOT_ENV}.items() if k not in os.environ})
+    os.environ.update({k: v for k, v in {**QUIET_ENV, **SNAPSHOT_ENV, **WORKER_ENV}.items() if k not in os.environ})
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -125,7 +129,7 @@ def start_ray(options: SearchOptions) -> bool:
         use_local_auth_token()
         # A local Ray's workers inherit this environment; a cluster's get CPU tuning's
         # huge pages (cpu_tuning.py) from the job's runtime_env.
-        ray.init(address=options.address, runtime_env={"env_vars": huge_pages_env()}, **kwargs)
+        ray.init(address=options.address, runtime_env={"env_vars": {**huge_pages_env(), **WORKER_ENV}}, **kwargs)
     else:
         ray.init(include_dashboard=False, **kwargs)
     return True
@@ -349,7 +353,7 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         # left (the checkpoints of ended actors, wherever they ran) is of no further use.
         shutil.rmtree(options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
         info.extra[SPENT_KEY] = clock.spent()
-        return finish(options, prepared, {Path(r.path).name.removeprefix("trial_") for r in grid},
+        return finish(options, prepared, {Path(r.path).name.removeprefix("trial_"): r for r in grid},
                       clock.is_spent())
 
 
@@ -361,7 +365,7 @@ def earlier_counts(options: SearchOptions, prepared: PreparedSearch):
     return live_counts(r.status for r in store.trials.values() if r.number < prepared.held) if store else None
 
 
-def finish(options: SearchOptions, prepared: PreparedSearch, ray_trials: set[str], budget_spent: bool) -> SearchOutcome:
+def finish(options: SearchOptions, prepared: PreparedSearch, ray_trials: dict, budget_spent: bool) -> SearchOutcome:
     """Count finished trials; close the records of trials Tune lost in a crash, and the
     study's trials the searcher could not tell (study.reconcile).
 
@@ -370,6 +374,9 @@ def finish(options: SearchOptions, prepared: PreparedSearch, ray_trials: set[str
     """
     info = prepared.info
     store = TrialStore(options.experiment_dir, info)
+    from .record import record_silent_errors
+
+    record_silent_errors(store, ray_trials)
     complete = all(store.is_finished(t) for t in ray_trials)
     if complete:
         for trial_id, record in list(store.trials.items()):

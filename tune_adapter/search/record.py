@@ -186,6 +186,16 @@ class StoreCallback(Callback):
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
 
 
+def record_silent_errors(store: TrialStore, ray_trials: dict) -> None:
+    """Trials Tune ended in error without telling its callbacks (a reused actor that
+    failed to reset): recorded as `error` with Tune's message, so none stays 'running'."""
+    for trial_id, result in ray_trials.items():
+        if result.error is not None and not store.is_finished(trial_id):
+            lines = str(result.error).strip().splitlines() or ["the trial failed"]
+            store.record_end(trial_id, {p: result.config.get(p) for p in store.info.params}, "error", lines[-1],
+                             baseline=bool(result.config.get(BASELINE_KEY, False)))
+
+
 def log_start_to_tensorboard(trial, result: dict) -> None:
     """Epoch 0 (the start, carried by epoch 1's result) at step 0 of the trial's TensorBoard
     curves, under the tags Tune's own logger gives the later epochs."""
