@@ -306,6 +306,7 @@ def ray_session(options: SearchOptions):
 
 def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None) -> SearchOutcome:
     """Run (or resume) a search; returns when every trial has ended or the driver is stopped."""
+    from .hparams import TensorBoardScalars
     from .live import LiveTable
     from .record import StoreCallback
 
@@ -313,7 +314,7 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
     info = prepared.info
     with ray_session(options):
         store = StoreCallback(options.experiment_dir, info)
-        callbacks = [store] if options.quiet else [store, LiveTable(info, console)]
+        callbacks = [store, TensorBoardScalars()] + ([] if options.quiet else [LiveTable(info, console)])
         grid = build_tuner(options, prepared.space, prepared.setup, info, trainable, callbacks).fit()
     # fit() has returned: no trial of this search runs on any node, so every scratch folder
     # left (the checkpoints of ended actors, wherever they ran) is of no further use.
