@@ -76,8 +76,8 @@ def test_report_is_one_self_contained_file(fake):
     html = report.read_text()
     assert "<script" not in html and "<link" not in html
     assert not [link for link in parsed.links if not link.startswith("data:image/png;base64,")]
-    # curves, best so far, parameters, importances
-    assert len(parsed.images) == 4
+    # curves, best so far, parameters, parallel coordinates, fANOVA and PED-ANOVA importances
+    assert len(parsed.images) == 6
     for src in parsed.images:
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
 
@@ -170,8 +170,9 @@ def test_too_few_completed_trials_give_a_sentence_not_a_chart(tmp_path):
     made = write_fake_experiment(tmp_path, trials=2)
     assert sum(t.status == "completed" for t in made) < 3
     html = write_report(tmp_path, tmp_path / "report.html").read_text()
-    assert html.count("<img") == 3
+    assert html.count("<img") == 4  # no importance chart: neither has enough trials
     assert "Importances need at least 3 completed trials" in html
+    assert "PED-ANOVA needs an epoch that at least 10 trials reached" in html
 
 
 @pytest.mark.slow

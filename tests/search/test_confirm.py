@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from tests.support.tfevents import sessions
 from tune_adapter.cli import app
 from tune_adapter.confirmation import (
     CONFIRM_EPOCHS_FILE,
@@ -19,7 +20,7 @@ from tune_adapter.confirmation import (
     read_confirm,
     summarize,
 )
-from tune_adapter.results import read_epochs, read_trials
+from tune_adapter.results import read_epochs, read_info, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.space import SHIPPED_DIR
 
@@ -78,6 +79,10 @@ def test_confirm_reruns_the_top_configurations_over_seeds(confirmed):
     for text in ("val_l1 mean ± sd", "test_l1 mean ± sd", "confirmed winner", "runner-up", "95% interval"):
         assert text in confirmed["output"]
     assert not (folder / "confirm" / ".scratch").exists()
+    # TensorBoard's HParams tab stays the search's: confirm's runs add no session (hparams.py).
+    tab = sessions(folder)
+    assert [h.name for h in tab["."]["experiments"][0].hparam_infos] == read_info(folder).params
+    assert {name for name, run in tab.items() if run["starts"]} == {f"trial_{t}" for t in trials["trial_id"]}
 
 
 @pytest.mark.slow

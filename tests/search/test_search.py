@@ -17,6 +17,7 @@ from tune_adapter.trainer import evaluate_pack
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.space import SHIPPED_DIR
 from tests.support.trainables import flaky_trial
+from tests.support.tfevents import sessions
 
 TINY = SHIPPED_DIR / "tiny.py"
 
@@ -114,6 +115,16 @@ def test_a_failing_trial_is_retried_then_recorded(tmp_path, synth_small):
     attempts = list((outcome.experiment_dir.parent / "attempts").iterdir())
     for trial_id in failed["trial_id"]:
         assert sum(p.name.startswith(trial_id) for p in attempts) == 3  # 1 + max_failures
+    # TensorBoard's HParams tab: one session per trial whatever its end, none of Ray's (hparams.py).
+    runs = sessions(outcome.experiment_dir)
+    assert len(runs["."]["experiments"]) == 1
+    for row in trials.to_dict("records"):
+        run = runs[f"trial_{row['trial_id']}"]
+        assert run["starts"] == 1 and run["params"] == pytest.approx({p: row[p] for p in run["params"]})
+        assert set(run["params"]) == {"audio_window", "batch_size", "intermediate_dim", "lr"}
+        assert run["scalars"]["hparams/last_epoch"][1] == row["epochs"]
+        if row["status"] != "error":
+            assert run["scalars"]["hparams/best_val_l1"][1] == pytest.approx(row["best_val_l1"])
 
 
 @pytest.mark.slow

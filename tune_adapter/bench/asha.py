@@ -25,6 +25,7 @@ from ..search.driver import (
 )
 from ..search.options import SearchOptions
 from ..search.storage import linking_filesystem
+from ..search.hparams import TensorBoardScalars
 from ..search.record import StoreCallback
 from ..search.trial import run_trial
 
@@ -74,7 +75,8 @@ def train_without_pruning(options: SearchOptions, configs: list[dict]) -> Path:
             run_config=tune.RunConfig(name=options.experiment_name, verbose=0,
                                       storage_path=str(options.experiment_dir.parent),
                                       storage_filesystem=linking_filesystem(),
-                                      callbacks=[StoreCallback(options.experiment_dir, prepared.info)]),
+                                      callbacks=[StoreCallback(options.experiment_dir, prepared.info),
+                                                 TensorBoardScalars()]),
         )
         tuner.fit()
     return options.experiment_dir

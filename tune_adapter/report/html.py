@@ -38,22 +38,27 @@ tr.best { background: #fff3f3; }
 dl.summary { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; }
 dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
 ul.edges { color: #8a5a00; }
+div.pair { display: flex; gap: 24px; align-items: flex-start; }
+div.pair > div { flex: 1 1 0; min-width: 0; }
 """
 
 
 @dataclass
 class Figures:
-    """PNG bytes of each figure; importance is None when it is a sentence instead."""
+    """PNG bytes of each figure; an importance is None when it is a sentence instead."""
 
     curves: bytes
     best_so_far: bytes
     params: bytes
     importance: bytes | None
+    parallel: bytes | None = None
+    epoch_importance: bytes | None = None  # PED-ANOVA's, beside fANOVA's
 
 
 def render(experiment: Experiment, figures: Figures, importances: Importances,
-           confirmation: tuple | None = None) -> str:
-    """The page; `confirmation`: (confirm.parquet's runs, their figure) when there is one."""
+           confirmation: tuple | None = None, epoch_importances: Importances | None = None) -> str:
+    """The page; `confirmation`: (confirm.parquet's runs, their figure) when there is one;
+    `epoch_importances`: PED-ANOVA's, shown beside `importances` (fANOVA's)."""
     title = f"tune-adapter report: {experiment.info.name}"
     body = "\n".join([
         f"<h1>{_e(title)}</h1>",
@@ -63,7 +68,8 @@ def render(experiment: Experiment, figures: Figures, importances: Importances,
         "(pruned); red: the best trial; black dots: the baseline (the space's BASELINE).</p>",
         "<h2>Search progress</h2>", _image(figures.best_so_far, "best val_l1 so far by trial"),
         "<h2>Parameters</h2>", _image(figures.params, "each parameter against best val_l1"),
-        "<h2>Parameter importance</h2>", _importance(figures.importance, importances),
+        _parallel(figures.parallel),
+        "<h2>Parameter importance</h2>", _importances(figures, importances, epoch_importances),
         "<h2>Top trials</h2>", _top_table(experiment),
         _confirmation(*confirmation) if confirmation is not None else "",
         _errors(experiment),
@@ -149,10 +155,31 @@ def _confirmation(runs, image: bytes) -> str:
         *lines, f"<ul class='verdict'>{verdict}</ul>"])
 
 
+def _parallel(image: bytes | None) -> str:
+    if image is None:
+        return ""
+    return "\n".join([
+        "<h2>Parallel coordinates</h2>", _image(image, "every trial across the parameters"),
+        "<p class='caption'>One line per trial with a val_l1, through its value of each parameter "
+        "(log axes where the space searches on a log scale; a categorical axis lists its choices) "
+        "to its best val_l1, which also colours it.</p>"])
+
+
+def _importances(figures: Figures, importances: Importances, epoch_importances: Importances | None) -> str:
+    """fANOVA's (completed trials) and PED-ANOVA's (one epoch, pruned trials too) side by side."""
+    if epoch_importances is None:
+        return _importance(figures.importance, importances)
+    return ("<div class='pair'>"
+            + "".join(f"<div class='{_e(i.method)}'>{_importance(image, i)}</div>"
+                      for image, i in ((figures.importance, importances),
+                                       (figures.epoch_importance, epoch_importances)))
+            + "</div>")
+
+
 def _importance(image: bytes | None, importances: Importances) -> str:
-    parts = []
+    parts = [f"<p class='caption'>{_e(importances.caption)}</p>"] if importances.caption else []
     if image is not None:
-        parts.append(_image(image, "parameter importances"))
+        parts.append(_image(image, f"{importances.method} parameter importances"))
         numbers = ", ".join(f"{n} {v:.3f}" for n, v in importances.values.items())
         parts.append(f"<p class='importances'>{_e(numbers)}</p>")
     if importances.note:

@@ -28,6 +28,7 @@ from ..data import PackedClips, TrainData, pack_manifest, read_manifest
 from ..data.pack import clip_identities
 from ..errors import ConfigError, DataError
 from ..results import ExperimentInfo, open_experiment, read_trials
+from .hparams import TensorBoardScalars
 from .options import SearchOptions
 from .record import StoreCallback
 from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
@@ -56,6 +57,8 @@ class ConfirmOptions:
 
 class ConfirmCallback(StoreCallback):
     """The search's store callback, writing the runs to confirm.parquet instead."""
+
+    hparams_tab = False  # the runs repeat trials: the search's HParams tab stays the search's
 
     def open_store(self) -> ConfirmStore:
         return ConfirmStore(self.folder, self.info)
@@ -188,7 +191,7 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
     with ray_session(search_options):
         resources = trial_resources(search_options)
         wrapped = tune.with_resources(tune.with_parameters(trainable, setup=setup), resources)
-        callbacks = [ConfirmCallback(folder, confirm_info)]
+        callbacks = [ConfirmCallback(folder, confirm_info), TensorBoardScalars()]  # no Ray hparams
         if not options.quiet:
             callbacks.append(LiveTable(confirm_info, console))
         if options.resume:

@@ -339,6 +339,7 @@ def ray_session(options: SearchOptions):
 def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None) -> SearchOutcome:
     """Run (or resume, or continue) a search; returns when every trial of this run has ended,
     the time budget is spent, or the driver is stopped."""
+    from .hparams import TensorBoardScalars
     from .live import LiveTable
     from .record import StoreCallback
 
@@ -347,7 +348,8 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
     with ray_session(options), running_clock(prepared.budget_s, info.extra.get(SPENT_KEY, 0.0)) as clock:
         open_run_study(options, info.name, prepared.distributions)
         store = StoreCallback(options.experiment_dir, info)
-        callbacks = [store] if options.quiet else [store, LiveTable(info, console, earlier_counts(options, prepared))]
+        live = [] if options.quiet else [LiveTable(info, console, earlier_counts(options, prepared))]
+        callbacks = [store, TensorBoardScalars(), *live]
         grid = build_tuner(options, prepared, trainable, callbacks).fit()
         # fit() has returned: no trial of this search runs on any node, so every scratch folder
         # left (the checkpoints of ended actors, wherever they ran) is of no further use.

@@ -16,7 +16,7 @@ from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import START_METRICS, START_PREFIX, ExperimentInfo, TrialStore
-from . import budget
+from . import budget, hparams
 from .optuna_pruned import BASELINE_KEY
 from .recover import repair_checkpoint, skip_stored_checkpoints
 
@@ -64,6 +64,8 @@ def is_baseline(trial) -> bool:
 
 
 class StoreCallback(Callback):
+    hparams_tab = True  # write TensorBoard's HParams entries (hparams.py)
+
     def __init__(self, folder: Path, info: ExperimentInfo):
         self.folder, self.info = Path(folder), info
         self.store: TrialStore | None = None
@@ -82,6 +84,8 @@ class StoreCallback(Callback):
         self.store = self.open_store()
         self.kill_after, self.kill_at_snapshot = kill_point(os.environ.get(KILL_AFTER_ENV, ""))
         self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
+        if self.hparams_tab:
+            hparams.log_experiment(self.folder, self.info)
 
     def open_store(self) -> TrialStore:
         return TrialStore(self.folder, self.info)
@@ -179,11 +183,21 @@ class StoreCallback(Callback):
             "stopped" if budget.stopped_by_budget(trial.trial_id) else "pruned"
         self.store.record_end(trial.trial_id, self.params_of(trial), status,
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
+        self.log_session(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.note_time()
         self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial),
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
+        self.log_session(trial)
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:  # the driver stops (or all ended): unfinished trials, as stopped
+            self.log_session(trial, ended=False)
+
+    def log_session(self, trial, ended: bool = True) -> None:
+        if self.hparams_tab:
+            hparams.log_trial_session(self.folder, self.info, trial, self.store.trials.get(trial.trial_id), ended)
 
 
 def record_silent_errors(store: TrialStore, ray_trials: dict) -> None:
