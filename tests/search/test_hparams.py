@@ -14,7 +14,8 @@ from tune_adapter.search.record import StoreCallback
 
 WITH_CHOICES = {**DISTRIBUTIONS, "train-loss": CategoricalDistribution(["l1", "mse", "smooth_l1"])}
 STATUS = {"completed": Status.STATUS_SUCCESS, "pruned": Status.STATUS_SUCCESS,
-          "error": Status.STATUS_FAILURE, "stopped": Status.STATUS_UNKNOWN}
+          "error": Status.STATUS_FAILURE, "stopped": Status.STATUS_SUCCESS,
+          "interrupted": Status.STATUS_UNKNOWN}
 
 
 def tune_trial(folder, trial_id, params, epochs):
@@ -57,7 +58,7 @@ def test_every_trial_has_one_session_with_its_params_and_metrics(ended):
 def test_a_trial_the_driver_stopped_gets_a_session_too(ended):
     runs = sessions(ended[0])
     stopped = runs["trial_live_00000"]
-    assert stopped["starts"] == 1 and stopped["ends"] == [STATUS["stopped"]]
+    assert stopped["starts"] == 1 and stopped["ends"] == [STATUS["interrupted"]]
     assert stopped["scalars"]["hparams/best_val_l1"] == (1, pytest.approx(0.45))
 
 

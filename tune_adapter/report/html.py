@@ -82,7 +82,7 @@ def render(experiment: Experiment, figures: Figures, importances: Importances,
 def _summary(experiment: Experiment) -> str:
     best = experiment.best()
     counts = experiment.status_counts()
-    by_status = ", ".join(f"{counts[s]} {s}" for s in ("completed", "pruned", "error", "running")
+    by_status = ", ".join(f"{counts[s]} {s}" for s in ("completed", "pruned", "stopped", "error", "running")
                           if s in counts)
     info = experiment.info
     items = [

@@ -15,7 +15,7 @@ from .experiment import RANK_METRIC, Experiment, is_missing
 # fANOVA fits a random forest to the completed trials; with fewer the numbers mean little.
 MIN_COMPLETED = 3
 SEED = 0
-STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
+STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "stopped": TrialState.PRUNED,
           "error": TrialState.FAIL, "running": TrialState.RUNNING}
 
 

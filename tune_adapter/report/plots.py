@@ -22,6 +22,7 @@ BASELINE_COLOR = "#000000"
 STATUS_STYLE = {  # line style for curves, marker for scatter plots
     "completed": dict(color="#4c72b0", linestyle="-", marker="o", label="completed"),
     "pruned": dict(color="#8c8c8c", linestyle="--", marker="x", label="pruned by ASHA"),
+    "stopped": dict(color="#bcbd22", linestyle="--", marker="v", label="stopped by --time-budget"),
     "error": dict(color="#8c564b", linestyle=":", marker="s", label="error"),
     "running": dict(color="#17becf", linestyle="-.", marker="^", label="running"),
 }
@@ -51,7 +52,7 @@ def curves_figure(experiment: Experiment) -> Figure:
         style = _style(row.status)
         ax.plot(curve["epoch"], curve["val_l1"], color=style["color"], linestyle=style["linestyle"],
                 linewidth=1.2, alpha=0.75)
-        if row.status in ("pruned", "error"):  # where it stopped (an error may have one point)
+        if row.status in ("pruned", "stopped", "error"):  # where it stopped (an error may have one point)
             ax.plot(curve["epoch"].iloc[-1], curve["val_l1"].iloc[-1], linestyle="none",
                     marker=style["marker"], markersize=7, color=style["color"])
         values.extend(curve["val_l1"])
@@ -74,7 +75,7 @@ def curves_figure(experiment: Experiment) -> Figure:
     handles += [Line2D([], [], color=BASELINE_COLOR, linestyle=":", linewidth=2.2, label=f"baseline: {t}")
                 for t in baseline_ids]
     handles += [Line2D([], [], color=STATUS_STYLE[s]["color"], linestyle=STATUS_STYLE[s]["linestyle"],
-                       marker=STATUS_STYLE[s]["marker"] if s in ("pruned", "error") else None,
+                       marker=STATUS_STYLE[s]["marker"] if s in ("pruned", "stopped", "error") else None,
                        label=STATUS_STYLE[s]["label"])
                 for s in statuses]
     _legend_outside(ax, handles=handles)

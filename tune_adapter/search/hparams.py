@@ -9,7 +9,7 @@ but writes no hparams (`TensorBoardScalars`); instead the store callback writes:
   parameter with its domain from its Optuna distribution, and the two metrics;
 - one session per trial in the trial's folder (the run holding its curves): its parameters,
   `hparams/best_val_l1` (at its best epoch) and `hparams/last_epoch`, and its end (completed
-  and pruned: success, error: failure, stopped by the driver: unknown).
+  pruned and stopped by --time-budget: success, error: failure, interrupted: unknown).
 
 Each is a file of its own (suffix `.hparams`), replaced when written again (a resumed search,
 a stopped trial that resumes), so a run never holds two sessions.
@@ -38,7 +38,8 @@ BEST_TAG, EPOCH_TAG = "hparams/best_val_l1", "hparams/last_epoch"
 EXPERIMENT_TAG = "_hparams_/experiment"
 SESSION_START_TAG = "_hparams_/session_start_info"
 SESSION_END_TAG = "_hparams_/session_end_info"
-END_STATUS = {"completed": "STATUS_SUCCESS", "pruned": "STATUS_SUCCESS", "error": "STATUS_FAILURE"}
+END_STATUS = {"completed": "STATUS_SUCCESS", "pruned": "STATUS_SUCCESS", "stopped": "STATUS_SUCCESS",
+              "error": "STATUS_FAILURE"}
 
 
 class TensorBoardScalars(TBXLoggerCallback):
@@ -62,10 +63,10 @@ def log_experiment(folder: Path, info: ExperimentInfo) -> None:
 def log_trial_session(folder: Path, info: ExperimentInfo, trial, record: TrialRecord | None,
                       ended: bool = True) -> None:
     """The trial's session, in its folder (its last part Tune's `trial.path`'s). `ended`
-    False: the driver is stopping, and a trial not yet finished is logged as stopped."""
+    False: the driver is stopping, and a trial not yet finished is logged as interrupted."""
     if record is None or (not ended and record.status in FINAL_STATUSES):
         return  # no record: it never reported nor failed; finished: logged at its end
-    status = record.status if record.status in FINAL_STATUSES else "stopped"
+    status = record.status if record.status in FINAL_STATUSES else "interrupted"
     try:
         write_session(Path(folder) / Path(trial.path).name, info, record, status)
     except Exception:  # noqa: BLE001 - a session lost is a warning, the search goes on

@@ -192,7 +192,7 @@ class StoreCallback(Callback):
         self.log_session(trial)
 
     def on_experiment_end(self, trials, **info):
-        for trial in trials:  # the driver stops (or all ended): unfinished trials, as stopped
+        for trial in trials:  # the driver stops (or all ended): unfinished trials, as interrupted
             self.log_session(trial, ended=False)
 
     def log_session(self, trial, ended: bool = True) -> None:
