@@ -111,3 +111,14 @@ def test_a_shipped_space_is_widened_in_a_copy():
     assert "cp " in widen_advice(str(SHIPPED_DIR / "default.py")) and "--space my_space.py" in \
         widen_advice(str(SHIPPED_DIR / "default.py"))
     assert widen_advice("/home/me/space.py").endswith("--space /home/me/space.py")
+
+
+def test_new_categorical_choices_are_a_warm_started_search_not_a_continue():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from tune_adapter.edges import next_search
+    from tune_adapter.results import ExperimentInfo
+
+    info = ExperimentInfo(name="default", params=["lr"])
+    assert next_search(info, 16, CategoricalDistribution([2, 4])) == "--name default-2 --warm-start results/default"
+    assert next_search(info, 16, FloatDistribution(1e-4, 1e-2)) == "--name default --continue --num-samples 32"

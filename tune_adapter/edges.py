@@ -89,8 +89,16 @@ def edge_warnings(winner: Mapping | None, info: ExperimentInfo, trials: int) -> 
             continue
         where = f"lies {side} its range" if side in ("above", "below") else f"lies at the {side} of its range"
         lines.append(f"{param} {_value_text(winner[param])} {where} {range_text(distribution)}: "
-                     f"{widen_advice(info.space)} --name {info.name} --continue --num-samples {trials + EXTRA_TRIALS}")
+                     f"{widen_advice(info.space)} {next_search(info, trials, distribution)}")
     return lines
+
+
+def next_search(info: ExperimentInfo, trials: int, distribution: BaseDistribution) -> str:
+    """More trials in the same study (`--continue`), unless new categorical choices are
+    wanted: an Optuna study keeps a categorical's choices, so a new search warm-starts."""
+    if isinstance(distribution, CategoricalDistribution):
+        return f"--name {info.name}-2 --warm-start results/{info.name}"
+    return f"--name {info.name} --continue --num-samples {trials + EXTRA_TRIALS}"
 
 
 def widen_advice(space: str) -> str:
