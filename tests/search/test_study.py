@@ -220,3 +220,17 @@ def test_a_time_budget_survives_a_kill_and_resume(tmp_path, synth_small, monkeyp
     trials = read_trials(folder)
     assert len(trials) < 6 and set(trials["status"]) <= {"completed", "pruned", "stopped"}
     assert_study_matches_store(folder, "budget")
+
+
+def test_a_continue_on_other_data_or_epochs_is_refused():
+    from tune_adapter.search.continuation import check_same_task
+
+    data = {"manifest": "/d/train.json", "val_manifest": "/d/val.json", "val_fraction": None}
+    earlier = ExperimentInfo(name="default", params=[], max_epochs=10, extra={"search": {"data": data}})
+    same = ExperimentInfo(name="default", params=[], max_epochs=10, extra={"search": {"data": dict(data)}})
+    check_same_task(earlier, same)
+    with pytest.raises(ConfigError, match="--max-epochs 20: default's trials ran up to 10"):
+        check_same_task(earlier, ExperimentInfo(name="default", params=[], max_epochs=20, extra=same.extra))
+    other = {"search": {"data": dict(data, manifest="/e/train.json")}}
+    with pytest.raises(ConfigError, match="--manifest: default was searched on /d/train.json"):
+        check_same_task(earlier, ExperimentInfo(name="default", params=[], max_epochs=10, extra=other))

@@ -42,8 +42,22 @@ def carry_earlier_runs(options: SearchOptions, info: ExperimentInfo, distributio
         raise ConfigError(f"--num-samples {options.num_samples}: {folder.name} already holds {held} trials; "
                           f"give the total it should hold, more than {held}")
     check_earlier_trials("--continue", earlier, read_trials(folder), distributions, same_study=True)
+    check_same_task(earlier, info)
     info.extra["run_starts"] = info.extra["run_starts"] + [held]
     return held
+
+
+def check_same_task(earlier: ExperimentInfo, info: ExperimentInfo) -> None:
+    """Values the study compares must come from the same data and the same number of epochs."""
+    if earlier.max_epochs != info.max_epochs:
+        raise ConfigError(f"--max-epochs {info.max_epochs}: {earlier.name}'s trials ran up to {earlier.max_epochs}; "
+                          f"keep --max-epochs {earlier.max_epochs}, or start a new search with --warm-start")
+    before, now = earlier.extra.get("search", {}).get("data"), info.extra["search"]["data"]
+    for key in ("manifest", "val_manifest", "val_fraction"):
+        if before is not None and before.get(key) != now.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag}: {earlier.name} was searched on {before.get(key)}, not {now.get(key)}: "
+                              f"continue it on the same data (give {flag} {before.get(key)})")
 
 
 def open_run_study(options: SearchOptions, name: str, distributions: dict) -> None:
