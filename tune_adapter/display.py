@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 
@@ -14,6 +15,13 @@ from .data import PackedClips
 
 console = Console()
 FPS = 25
+
+
+def fit_console_to_terminal() -> None:
+    """rich reads COLUMNS once, when a console is made: read it again for each command (one
+    process may run several, as tests do), else the terminal's own width."""
+    columns = os.environ.get("COLUMNS", "")
+    console.width = int(columns) if columns.isdigit() else None
 
 
 def fail(message: str) -> None:

@@ -143,6 +143,12 @@ def test_durations_read_as_seconds():
     assert parse_duration("1h30m") == 5400 and parse_duration("90") == 90
     with pytest.raises(ConfigError, match="--time-budget 'soon' is not a duration"):
         parse_duration("soon")
+    from pathlib import Path
+
+    from tune_adapter.search.options import resolve_options
+
+    assert resolve_options({"time_budget": "45m"}, space=Path("s.py")).time_budget == 2700  # TIME_BUDGET
+    assert resolve_options({"time_budget": "45m"}, space=Path("s.py"), time_budget="1h").time_budget == 3600
 
 
 LR = FloatDistribution(1e-4, 1e-2, log=True)

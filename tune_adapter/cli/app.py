@@ -23,8 +23,9 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from ..display import fail
+        from ..display import fail, fit_console_to_terminal
 
+        fit_console_to_terminal()
         try:
             return fn(*args, **kwargs)
         except UserError as exc:

@@ -199,6 +199,7 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
 
     space, info = prepared.space, prepared.info
     resources = trial_resources(options)
+    open_run_study(options, info.name, prepared.distributions)  # refused resources write nothing
     wrapped = tune.with_resources(tune.with_parameters(trainable, setup=prepared.setup), resources)
     if options.resume:
         return tune.Tuner.restore(str(options.experiment_dir), trainable=wrapped,
@@ -346,7 +347,6 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
     prepared = prepare_search(options)
     info = prepared.info
     with ray_session(options), running_clock(prepared.budget_s, info.extra.get(SPENT_KEY, 0.0)) as clock:
-        open_run_study(options, info.name, prepared.distributions)
         store = StoreCallback(options.experiment_dir, info)
         live = [] if options.quiet else [LiveTable(info, console, earlier_counts(options, prepared))]
         callbacks = [store, TensorBoardScalars(), *live]
