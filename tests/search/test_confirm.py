@@ -213,9 +213,9 @@ def test_the_report_has_a_confirmation_section(confirmed, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", ["3", "5s"])
+@pytest.mark.parametrize("kill_after", ["5s"])  # bench --faults kills searches at 15 moments
 def test_a_killed_confirmation_resumes_and_runs_every_run_once(confirmed, tmp_path, kill_after):
-    """SIGKILLed (driver and its Ray) after its 3rd record, or at the snapshot after its 5th;
+    """SIGKILLed (driver and its Ray) at the snapshot after its 5th record;
     `confirm --resume` then finishes it: every planned run once, no epoch twice."""
     import os
     import subprocess
