@@ -22,6 +22,9 @@ from tune_adapter.init_from import (
     read_initial_adapter,
 )
 
+# The module's searches share one local Ray (conftest.local_ray).
+pytestmark = pytest.mark.usefixtures("local_ray")
+
 DIMS = AdapterDims(audio_window=5, vae_scale=4, layers=2, channels=3, intermediate_dim=8,
                    context_tokens=2, output_dim=4)
 ALL = ["proj1.weight", "proj1.bias", "proj1_vf.weight", "proj1_vf.bias", "proj2.weight",

@@ -9,6 +9,9 @@ from tune_adapter.bench.asha import asha_sections, compare_asha
 from tune_adapter.bench.search import measure_search, search_sections
 from tune_adapter.space import SHIPPED_DIR
 
+# The module's searches share one local Ray (conftest.local_ray).
+pytestmark = pytest.mark.usefixtures("local_ray")
+
 
 
 def rows_of(sections):

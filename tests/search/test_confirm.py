@@ -24,6 +24,9 @@ from tune_adapter.results import read_epochs, read_info, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.space import SHIPPED_DIR
 
+# The module's searches share one local Ray (conftest.local_ray).
+pytestmark = pytest.mark.usefixtures("local_ray")
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = SHIPPED_DIR / "tiny.py"
 WIDE = {"COLUMNS": "200"}

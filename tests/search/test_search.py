@@ -19,6 +19,9 @@ from tune_adapter.space import SHIPPED_DIR
 from tests.support.trainables import flaky_trial
 from tests.support.tfevents import sessions
 
+# The module's searches share one local Ray (conftest.local_ray).
+pytestmark = pytest.mark.usefixtures("local_ray")
+
 TINY = SHIPPED_DIR / "tiny.py"
 
 

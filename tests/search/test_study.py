@@ -3,20 +3,22 @@
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution, distribution_to_json
 from optuna.trial import TrialState
 
 from tests.search.test_search import TINY, options
 from tune_adapter.errors import ConfigError
 from tune_adapter.results import ExperimentInfo, read_trials
 from tune_adapter.search import run_search
-from tune_adapter.search.distinct import DistinctSampler
 from tune_adapter.search.budget import FAKE_SECONDS_ENV, SPENT_KEY
+from tune_adapter.search.distinct import DistinctSampler
 from tune_adapter.search.options import parse_duration
 from tune_adapter.search.study import (
     JOURNAL_FILE, TUNE_ID_ATTR, WARM_START_ATTR, check_earlier_trials, journal_storage, mismatches, tune_trials,
 )
-from optuna.distributions import distribution_to_json
+
+# The module's searches share one local Ray (conftest.local_ray).
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def load_study(folder, name="tiny") -> optuna.Study:
