@@ -47,6 +47,13 @@ def carry_earlier_runs(options: SearchOptions, info: ExperimentInfo, distributio
     return held
 
 
+def time_budget(options: SearchOptions, info: ExperimentInfo) -> float | None:
+    """--time-budget; a --resume that leaves it out keeps the one the run recorded."""
+    if options.time_budget is None and options.resume:
+        return info.extra.get("search", {}).get("time_budget")
+    return options.time_budget
+
+
 def check_same_task(earlier: ExperimentInfo, info: ExperimentInfo) -> None:
     """Values the study compares must come from the same data and the same number of epochs."""
     if earlier.max_epochs != info.max_epochs:

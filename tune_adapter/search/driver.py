@@ -25,7 +25,7 @@ from ..space import SEARCHABLE, SearchSpace, check_baseline, check_space, load_s
 from .options import SHARED_GPU, SearchOptions
 from .budget import SPENT_KEY, BudgetStopper, running_clock
 from .storage import linking_filesystem
-from .continuation import carry_earlier_runs, check_warm_starts, open_run_study
+from .continuation import carry_earlier_runs, check_warm_starts, open_run_study, time_budget
 from .study import journal_storage, open_study, reconcile
 from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
 
@@ -312,16 +312,14 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
     info = experiment_info(options, space, probed.params, probed)
     info.extra["search"] = search_record(options, sources)
     held = carry_earlier_runs(options, info, probed.distributions)
-    budget_s = options.time_budget
-    if budget_s is None and options.resume:
-        budget_s = info.extra.get("search", {}).get("time_budget")
     check_warm_starts(options.warm_start, probed.distributions)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
                        init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
                        init_partial=options.init_partial, save_every=options.checkpoint_every,
                        moments_in_last_checkpoint=False,  # nothing resumes a finished trial
                        keep_freed_memory=keeps_freed_memory(options))
-    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions, held, budget_s)
+    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions, held,
+                          time_budget(options, info))
 
 
 @contextmanager
@@ -374,10 +372,10 @@ def finish(options: SearchOptions, prepared: PreparedSearch, ray_trials: dict, b
     After a SIGKILL, Tune resumes from its last experiment snapshot: a trial that started
     after it is unknown to Tune and would stay 'running' in the store forever.
     """
-    info = prepared.info
-    store = TrialStore(options.experiment_dir, info)
     from .record import record_silent_errors
 
+    info = prepared.info
+    store = TrialStore(options.experiment_dir, info)
     record_silent_errors(store, ray_trials)
     complete = all(store.is_finished(t) for t in ray_trials)
     if complete:

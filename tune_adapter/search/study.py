@@ -77,10 +77,9 @@ def check_earlier_trials(flag: str, earlier: ExperimentInfo, trials, space: dict
 
 
 def _holds(distribution: BaseDistribution, value) -> bool:
-    if isinstance(value, float) and value == int(value) and not isinstance(distribution, CategoricalDistribution):
-        value = int(value) if distribution.__class__.__name__ == "IntDistribution" else value
+    """Whether the distribution can yield the value (Optuna's own test, `_contains`)."""
     try:
-        return distribution._contains(distribution.to_internal_repr(value))
+        return distribution._contains(distribution.to_internal_repr(_native(value)))
     except (ValueError, TypeError):
         return False
 
