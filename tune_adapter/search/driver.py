@@ -26,7 +26,7 @@ from .options import SHARED_GPU, SearchOptions
 from .budget import SPENT_KEY, BudgetStopper, running_clock
 from .storage import linking_filesystem
 from .continuation import carry_earlier_runs, check_warm_starts, open_run_study, time_budget
-from .study import journal_storage, open_study, reconcile
+from .study import has_study, journal_storage, open_study, reconcile
 from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
 
 # Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
@@ -385,6 +385,7 @@ def finish(options: SearchOptions, prepared: PreparedSearch, ray_trials: dict, b
                                  "lost: the driver died before Tune saved this trial, so it was not resumed")
     if store.trials:
         store.write()  # the time spent, as of now
-    reconcile(open_study(options.experiment_dir, info.name), store, complete)
+    if has_study(options.experiment_dir):  # none: resumed from before journals, left so
+        reconcile(open_study(options.experiment_dir, info.name), store, complete)
     finished = sum(store.is_finished(t) for t in ray_trials)
     return SearchOutcome(options.experiment_dir, finished, prepared.run_samples, len(store.trials), budget_spent)
