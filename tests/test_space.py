@@ -202,3 +202,14 @@ def test_a_bad_baseline_is_refused(tmp_path, baseline, needle):
     with pytest.raises(ConfigError, match=needle):
         space = load_space(path)
         check_baseline(probe_space(space), space)
+
+
+def test_a_shipped_space_named_by_its_old_path_loads_under_the_name_searches_pickled(tmp_path):
+    """Searches started from the repository's search_spaces/ (before the spaces moved into
+    the package) pickled the space by a module name made from that path: they resume."""
+    from tune_adapter.space import SHIPPED_DIR, load_space, module_name_for
+
+    old = tmp_path / "search_spaces" / "tiny.py"
+    loaded = load_space(old)
+    assert loaded.module_name == module_name_for(old) != module_name_for(SHIPPED_DIR / "tiny.py")
+    assert loaded.path == SHIPPED_DIR / "tiny.py" and loaded.defaults["num_samples"] == 4

@@ -79,15 +79,25 @@ def module_name_for(path: Path) -> str:
     return f"tune_adapter_space_{stem}_{digest}"
 
 
+def moved_space(path: Path) -> Path | None:
+    """A shipped space named by the path it had before it moved into the package (the
+    repository's search_spaces/), so a search started from there still resumes."""
+    if path.parent.name == "search_spaces" and path.stem in shipped_spaces() and path.suffix == ".py":
+        return SHIPPED_DIR / path.name
+    return None
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """A space from a file (a str may also name a shipped space)."""
     path = space_path(path)
-    if not path.is_file():
+    source = path if path.is_file() else moved_space(path)
+    if source is None:
         raise ConfigError(f"--space {path} does not exist: give a shipped space's name "
                           f"({', '.join(shipped_spaces())}) or a Python file defining space(trial)")
     if path.suffix != ".py":  # importlib loads only .py files by path
         raise ConfigError(f"--space {path} is not a .py file: give a Python file defining space(trial)")
-    name = module_name_for(path)
+    name = module_name_for(path)  # the given path's: a moved space keeps the name searches pickled
+    path = source
     module = sys.modules.get(name) or _import(path, name)
     function = getattr(module, "space", None)
     if not callable(function):
