@@ -242,3 +242,26 @@ def test_a_continue_on_other_data_or_epochs_is_refused():
     other = {"search": {"data": dict(data, manifest="/e/train.json")}}
     with pytest.raises(ConfigError, match="--manifest: default was searched on /d/train.json"):
         check_same_task(earlier, ExperimentInfo(name="default", params=[], max_epochs=10, extra=other))
+
+
+@pytest.mark.slow
+def test_a_continue_killed_before_its_first_write_resumes_with_the_earlier_rows_intact(tmp_path, synth_small):
+    from dataclasses import replace
+
+    from tune_adapter.bench.faults import FaultSearch, run_driver
+
+    first = FaultSearch(space=TINY, train=synth_small["train"], val=synth_small["val"], storage=tmp_path,
+                        num_samples=2, max_epochs=2)
+    assert run_driver(first, "k", resume=False, kill_after=None).returncode == 0
+    before = read_trials(tmp_path / "k")
+    more = replace(first, num_samples=4, flags=("--continue",))
+    # Killed at its first result, before the store writes it; then the same command plus --resume.
+    assert run_driver(more, "k", resume=False, kill_after="1").returncode == -9
+    done = run_driver(more, "k", resume=True, kill_after=None)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = read_trials(tmp_path / "k")
+    assert len(after) == 4 and after["trial_id"].is_unique
+    pd.testing.assert_frame_equal(after.iloc[:2].reset_index(drop=True), before)
+    assert_study_matches_store(tmp_path / "k", "k")
+    info = read_info_extra(tmp_path / "k")
+    assert info["run_starts"] == [0, 2]  # where the continuation began, saved before it ran

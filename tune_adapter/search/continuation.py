@@ -67,14 +67,18 @@ def check_same_task(earlier: ExperimentInfo, info: ExperimentInfo) -> None:
                               f"continue it on the same data (give {flag} {before.get(key)})")
 
 
-def open_run_study(options: SearchOptions, name: str, distributions: dict) -> None:
+def open_run_study(options: SearchOptions, info: ExperimentInfo, distributions: dict) -> None:
     """The journal's study, before the searcher opens it: for --continue of a search from
-    before journals, its trials from Parquet; for --warm-start, the earlier experiments'."""
+    before journals, its trials from Parquet; for --warm-start, the earlier experiments'.
+    A --continue also rewrites the Parquet files' description (rows unchanged) first, so a
+    resume after a kill before its first result still knows where this run began."""
     if options.resume:
         return
     folder = options.experiment_dir
+    if options.continue_search:
+        TrialStore(folder, info).write()
     backfill = options.continue_search and not has_study(folder)
-    study = open_study(folder, name)
+    study = open_study(folder, info.name)
     if backfill:
         study.add_trials(frozen_trials(folder, distributions, {}))
     warm_start(study, list(options.warm_start), distributions)

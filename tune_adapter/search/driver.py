@@ -199,7 +199,7 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
 
     space, info = prepared.space, prepared.info
     resources = trial_resources(options)
-    open_run_study(options, info.name, prepared.distributions)  # refused resources write nothing
+    open_run_study(options, info, prepared.distributions)  # refused resources write nothing
     wrapped = tune.with_resources(tune.with_parameters(trainable, setup=prepared.setup), resources)
     if options.resume:
         return tune.Tuner.restore(str(options.experiment_dir), trainable=wrapped,
