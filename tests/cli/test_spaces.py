@@ -1,8 +1,5 @@
 """`tune-adapter spaces` and `search --space NAME`: shipped spaces work from any folder."""
 
-import subprocess
-import sys
-
 import pytest
 from typer.testing import CliRunner
 
@@ -29,15 +26,15 @@ def test_spaces_lists_every_shipped_space_with_its_parameters():
 
 
 @pytest.mark.slow
-def test_search_by_name_from_an_empty_folder(tmp_path, synth_small):
+def test_search_by_name_from_an_empty_folder(tmp_path, synth_small, monkeypatch, local_ray):
     """After `pip install`, no space file sits in the user's folder: the name alone must do."""
     empty = tmp_path / "anywhere"
     empty.mkdir()
-    command = [sys.executable, "-m", "tune_adapter", "search", "--space", "tiny",
-               "--manifest", str(synth_small["train"]), "--val-manifest", str(synth_small["val"]),
-               "--num-samples", "2", "--max-epochs", "2", "--storage", "results"]
-    run = subprocess.run(command, cwd=empty, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
+    monkeypatch.chdir(empty)
+    run = CliRunner().invoke(app, ["search", "--space", "tiny", "--manifest", str(synth_small["train"]),
+                                   "--val-manifest", str(synth_small["val"]), "--num-samples", "2",
+                                   "--max-epochs", "2", "--storage", "results"])
+    assert run.exit_code == 0, run.output
     folder = empty / "results" / "tiny"  # named after the space, as a file's stem names it
     assert len(read_trials(folder)) == 2
     assert read_info(folder).space == str(SHIPPED_DIR / "tiny.py")

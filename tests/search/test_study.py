@@ -208,7 +208,9 @@ def test_bad_continue_warm_start_and_budget_flags_are_refused_in_one_line(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_time_budget_survives_a_kill_and_resume(tmp_path, synth_small, monkeypatch):
+def test_a_time_budget_and_a_continue_survive_kills(tmp_path, synth_small, monkeypatch):
+    from dataclasses import replace
+
     from tune_adapter.bench.faults import FaultSearch, run_driver
     from tune_adapter.search.driver import prepare_search
 
@@ -225,8 +227,21 @@ def test_a_time_budget_survives_a_kill_and_resume(tmp_path, synth_small, monkeyp
     assert done.returncode == 0, done.stderr[-2000:]
     # Two more results spend the rest; no trial starts after.
     assert read_info_extra(folder)[SPENT_KEY] == 1800
-    trials = read_trials(folder)
-    assert len(trials) < 6 and set(trials["status"]) <= {"completed", "pruned", "stopped"}
+    before = read_trials(folder)
+    assert len(before) < 6 and set(before["status"]) <= {"completed", "pruned", "stopped"}
+    assert_study_matches_store(folder, "budget")
+
+    # Continued with 20 minutes more, killed at its first result, before the store writes
+    # it, then resumed: the description it saved first says where it began.
+    more = replace(search, num_samples=len(before) + 2,
+                   flags=("--time-budget", "50m", "--continue", "--max-concurrent", "1"))
+    assert run_driver(more, "budget", resume=False, kill_after="1").returncode == -9
+    done = run_driver(more, "budget", resume=True, kill_after=None)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = read_trials(folder)
+    pd.testing.assert_frame_equal(after.iloc[:len(before)].reset_index(drop=True), before)
+    assert read_info_extra(folder)["run_starts"] == [0, len(before)]
+    assert read_info_extra(folder)[SPENT_KEY] == 3000
     assert_study_matches_store(folder, "budget")
 
 
@@ -242,26 +257,3 @@ def test_a_continue_on_other_data_or_epochs_is_refused():
     other = {"search": {"data": dict(data, manifest="/e/train.json")}}
     with pytest.raises(ConfigError, match="--manifest: default was searched on /d/train.json"):
         check_same_task(earlier, ExperimentInfo(name="default", params=[], max_epochs=10, extra=other))
-
-
-@pytest.mark.slow
-def test_a_continue_killed_before_its_first_write_resumes_with_the_earlier_rows_intact(tmp_path, synth_small):
-    from dataclasses import replace
-
-    from tune_adapter.bench.faults import FaultSearch, run_driver
-
-    first = FaultSearch(space=TINY, train=synth_small["train"], val=synth_small["val"], storage=tmp_path,
-                        num_samples=2, max_epochs=2)
-    assert run_driver(first, "k", resume=False, kill_after=None).returncode == 0
-    before = read_trials(tmp_path / "k")
-    more = replace(first, num_samples=4, flags=("--continue",))
-    # Killed at its first result, before the store writes it; then the same command plus --resume.
-    assert run_driver(more, "k", resume=False, kill_after="1").returncode == -9
-    done = run_driver(more, "k", resume=True, kill_after=None)
-    assert done.returncode == 0, done.stderr[-2000:]
-    after = read_trials(tmp_path / "k")
-    assert len(after) == 4 and after["trial_id"].is_unique
-    pd.testing.assert_frame_equal(after.iloc[:2].reset_index(drop=True), before)
-    assert_study_matches_store(tmp_path / "k", "k")
-    info = read_info_extra(tmp_path / "k")
-    assert info["run_starts"] == [0, 2]  # where the continuation began, saved before it ran
