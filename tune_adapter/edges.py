@@ -13,8 +13,7 @@ import numbers
 from collections.abc import Mapping
 from pathlib import Path
 
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution, json_to_distribution)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution, json_to_distribution
 
 from .results import ExperimentInfo
 
@@ -117,5 +116,4 @@ def _plain(value):
 
 
 def _value_text(value) -> str:
-    value = _plain(value)
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return _g(_plain(value))

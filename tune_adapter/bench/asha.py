@@ -82,8 +82,6 @@ def train_without_pruning(options: SearchOptions, configs: list[dict]) -> Path:
     return options.experiment_dir
 
 
-
-
 def compare_asha(options: SearchOptions) -> AshaComparison:
     asha_options = replace(options, name=f"{options.experiment_name}-asha", quiet=True)
     started = time.monotonic()

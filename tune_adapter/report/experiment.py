@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +58,3 @@ def load_experiment(folder: Path) -> Experiment:
                         "first epochs, then run the report again")
     return experiment
 
-
-def is_missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..edges import edge_warnings
 from ..results import baseline_verdict, start_gain, start_line
-from .experiment import RANK_METRIC, Experiment, is_missing
+from ..study_trials import is_missing
+from .experiment import RANK_METRIC, Experiment
 from .importance import Importances
 
 TOP_TRIALS = 10

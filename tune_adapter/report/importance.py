@@ -5,18 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import BaseDistribution
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
-from .experiment import RANK_METRIC, Experiment, is_missing
+from ..study_trials import study_trial
+from .experiment import RANK_METRIC, Experiment
 
 # fANOVA fits a random forest to the completed trials; with fewer the numbers mean little.
 MIN_COMPLETED = 3
 SEED = 0
-STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "stopped": TrialState.PRUNED,
-          "error": TrialState.FAIL, "running": TrialState.RUNNING}
 
 
 @dataclass
@@ -71,34 +69,9 @@ def empty_study() -> optuna.Study:
 
 
 def _frozen_trial(experiment: Experiment, row: dict, distributions: dict[str, BaseDistribution]):
-    state = STATES.get(row["status"])
-    value = row[RANK_METRIC]
-    if state is None or (state == TrialState.COMPLETE and is_missing(value)):
-        return None
-    # A param the trial did not sample (conditional) or the metadata has no distribution for
-    # is left out of the trial, as Optuna would have it.
-    params = {name: native(row[name], dist) for name, dist in distributions.items()
-              if not is_missing(row[name])}
     curve = experiment.curve(row["trial_id"])
-    return optuna.trial.create_trial(
-        state=state, value=float(value) if state == TrialState.COMPLETE else None,
-        params=params, distributions={name: distributions[name] for name in params},
-        intermediate_values=dict(zip(curve["epoch"].astype(int).tolist(),
-                                     curve["val_l1"].astype(float).tolist())),
-        user_attrs={"trial_id": row["trial_id"]},
-    )
-
-
-def native(value, distribution: BaseDistribution):
-    """A Parquet cell as the Python value the distribution holds (numpy ints, floats for
-    ints after a missing value, ...)."""
-    if isinstance(distribution, IntDistribution):
-        return int(value)
-    if isinstance(distribution, FloatDistribution):
-        return float(value)
-    if isinstance(distribution, CategoricalDistribution):
-        return next((c for c in distribution.choices if c == value or str(c) == str(value)), value)
-    return value
+    return study_trial(row, dict(zip(curve["epoch"].astype(int).tolist(), curve["val_l1"].astype(float).tolist())),
+                       distributions, {"trial_id": row["trial_id"]})
 
 
 def split_varying(experiment: Experiment, completed) -> tuple[list[str], list[str]]:

@@ -11,8 +11,9 @@ import pandas as pd
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
-from .experiment import Experiment, is_missing
-from .importance import Importances, empty_study, native, split_varying
+from ..study_trials import study_trial
+from .experiment import Experiment
+from .importance import Importances, empty_study, split_varying
 
 # PED-ANOVA compares the parameters of the best TARGET_QUANTILE of the trials with those of
 # all of them; Optuna's default (0.1) leaves a single trial in the best tenth of a small search.
@@ -70,12 +71,9 @@ def epoch_study(experiment: Experiment, values: pd.Series) -> optuna.Study:
     study = empty_study()
     distributions = experiment.distributions()
     for row in experiment.trials[experiment.trials["trial_id"].isin(values.index)].to_dict("records"):
-        params = {name: native(row[name], dist) for name, dist in distributions.items()
-                  if not is_missing(row[name])}
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE, value=float(values[row["trial_id"]]), params=params,
-            distributions={name: distributions[name] for name in params},
-            user_attrs={"trial_id": row["trial_id"], "status": row["status"]}))
+        at_epoch = {**row, "status": "completed", "best_val_l1": float(values[row["trial_id"]])}
+        study.add_trial(study_trial(at_epoch, {}, distributions,
+                                    {"trial_id": row["trial_id"], "status": row["status"]}))
     return study
 
 

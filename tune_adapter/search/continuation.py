@@ -17,13 +17,13 @@ from .options import SearchOptions
 from .study import check_earlier_trials, frozen_trials, has_study, open_study, warm_start
 
 
-def carry_earlier_runs(options: SearchOptions, info: ExperimentInfo, distributions: dict) -> int:
+def carry_earlier_runs(options: SearchOptions, info: ExperimentInfo, distributions: dict) -> None:
     """What a resumed or continued experiment carries over (its run starts, time spent);
-    for --continue, the checks that it can take more trials. Returns the trials it holds."""
+    for --continue, the checks that it can take more trials, and where this run starts."""
     folder = options.experiment_dir
     if not (folder / TRIALS_FILE).is_file():
         info.extra["run_starts"] = [0]
-        return 0
+        return
     earlier = read_info(folder)
     info.extra.update({k: earlier.extra[k] for k in ("run_starts", SPENT_KEY) if k in earlier.extra})
     if options.resume:  # the run's own settings, as recorded (its time budget)
@@ -31,7 +31,7 @@ def carry_earlier_runs(options: SearchOptions, info: ExperimentInfo, distributio
     info.extra.setdefault("run_starts", [0])
     if options.resume or not options.continue_search:
         info.num_samples = earlier.num_samples
-        return info.extra["run_starts"][-1]
+        return
     store = TrialStore(folder, earlier)
     unfinished = [t for t in store.trials if not store.is_finished(t)]
     if unfinished:
@@ -44,7 +44,6 @@ def carry_earlier_runs(options: SearchOptions, info: ExperimentInfo, distributio
     check_earlier_trials("--continue", earlier, read_trials(folder), distributions, same_study=True)
     check_same_task(earlier, info)
     info.extra["run_starts"] = info.extra["run_starts"] + [held]
-    return held
 
 
 def time_budget(options: SearchOptions, info: ExperimentInfo) -> float | None:

@@ -289,8 +289,12 @@ class PreparedSearch:
     info: ExperimentInfo
     setup: TrialSetup
     distributions: dict  # the space's Optuna distributions, by parameter
-    held: int = 0  # trials the experiment holds from earlier runs (--continue)
     budget_s: float | None = None  # --time-budget; a --resume without it keeps the recorded one
+
+    @property
+    def held(self) -> int:
+        """Trials the experiment held before this run began (--continue)."""
+        return self.info.extra["run_starts"][-1]
 
     @property
     def run_samples(self) -> int:
@@ -311,14 +315,14 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
         check_init_space(read_initial_adapter(Path(options.init_from)), probed, data, options.init_partial)
     info = experiment_info(options, space, probed.params, probed)
     info.extra["search"] = search_record(options, sources)
-    held = carry_earlier_runs(options, info, probed.distributions)
+    carry_earlier_runs(options, info, probed.distributions)
     check_warm_starts(options.warm_start, probed.distributions)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
                        init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
                        init_partial=options.init_partial, save_every=options.checkpoint_every,
                        moments_in_last_checkpoint=False,  # nothing resumes a finished trial
                        keep_freed_memory=keeps_freed_memory(options))
-    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions, held,
+    return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions,
                           time_budget(options, info))
 
 

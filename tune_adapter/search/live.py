@@ -12,8 +12,8 @@ from rich.text import Text
 from ray.tune import Callback
 
 from ..fit_table import Column, FitTable, format_number
-from ..results import ExperimentInfo, baseline_verdict, is_nan, start_line
-from ..results_table import param_columns
+from ..results import ExperimentInfo, baseline_verdict, start_line
+from ..results_table import metric, param_columns, whole
 from .optuna_pruned import BASELINE_KEY
 
 STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
@@ -55,9 +55,9 @@ class LiveTable(Callback):
         counts = Counter(self.state_of(t) for t in trials) + self.before
         columns = [Column(state, [str(counts.get(state, 0))], short=state[:4], justify="right")
                    for state in ("running", "pending", "done", "pruned", "failed")]
-        columns += [Column("baseline val_l1", [_metric(self.baseline)], short="baseline", justify="right",
+        columns += [Column("baseline val_l1", [metric(self.baseline)], short="baseline", justify="right",
                            priority=1),
-                    Column("best val_l1", [_metric(self.best and self.best[0])], short="best", justify="right")]
+                    Column("best val_l1", [metric(self.best and self.best[0])], short="best", justify="right")]
         started = len(trials) + self.info.extra.get("run_starts", [0])[-1]
         caption = f"{started} of {self.info.num_samples} trials started, max {self.info.max_epochs} epochs"
         best = f"best parameters: {params_text(self.best[2])}" if self.best is not None else ""
@@ -101,9 +101,9 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
         Column("trial", [r["trial_id"] + (" (baseline)" if _is_baseline(r) else "") for r in rows]),
         Column("status", [r["status"] for r in rows]),
         *param_columns(trials_frame[varying], varying, rows),
-        Column("best val_l1", [_metric(r["best_val_l1"]) for r in rows], short="val_l1", justify="right"),
-        Column("val_cos", [_metric(r["best_val_cos"]) for r in rows], short="cos", justify="right", priority=900),
-        Column("epoch", [_epoch(r["best_epoch"]) for r in rows], short="ep", justify="right"),
+        Column("best val_l1", [metric(r["best_val_l1"]) for r in rows], short="val_l1", justify="right"),
+        Column("val_cos", [metric(r["best_val_cos"]) for r in rows], short="cos", justify="right", priority=900),
+        Column("epoch", [whole(r["best_epoch"]) for r in rows], short="ep", justify="right"),
     ]
     paths = Text()
     for rank, row in shown:
@@ -126,12 +126,3 @@ def short_path(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return path
-
-
-def _epoch(value) -> str:
-    return "-" if value is None or is_nan(value) else str(int(value))
-
-
-def _metric(value) -> str:
-    return "-" if value is None or is_nan(value) else f"{value:.4f}"
-

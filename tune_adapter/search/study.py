@@ -17,14 +17,12 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, json
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
-from ..results import ExperimentInfo, TrialStore, open_experiment
+from ..results import FINAL_STATUSES, ExperimentInfo, TrialRecord, TrialStore, open_experiment
+from ..study_trials import STATES, native, study_trial
 
 JOURNAL_FILE = "optuna.journal"
 TUNE_ID_ATTR = "tune_trial_id"
 WARM_START_ATTR = "warm_start"
-# The study state that stands for each status of trials.parquet ("stopped": by the time budget).
-STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "stopped": TrialState.PRUNED,
-          "error": TrialState.FAIL}
 
 
 def journal_storage(folder: Path):
@@ -79,34 +77,24 @@ def check_earlier_trials(flag: str, earlier: ExperimentInfo, trials, space: dict
 def _holds(distribution: BaseDistribution, value) -> bool:
     """Whether the distribution can yield the value (Optuna's own test, `_contains`)."""
     try:
-        return distribution._contains(distribution.to_internal_repr(_native(value)))
+        return distribution._contains(distribution.to_internal_repr(native(value, distribution)))
     except (ValueError, TypeError):
         return False
 
 
+def trained_values(record: TrialRecord) -> dict[int, float]:
+    """A trial's val_l1 by trained epoch: its intermediate values in the study."""
+    return {e: m["val_l1"] for e, m in record.trained().items() if not math.isnan(m["val_l1"])}
+
+
 def frozen_trials(folder: Path, space: dict[str, BaseDistribution], attrs: dict) -> list[FrozenTrial]:
-    """An experiment's ended trials as study trials: every epoch an intermediate value, a
-    completed trial's value its best val_l1, as the search's own searcher tells them."""
+    """An experiment's ended trials as study trials, as the search's own searcher tells them."""
     store = TrialStore(*open_experiment(folder))
-    made = []
-    for record in sorted(store.trials.values(), key=lambda r: r.number):
-        state = STATES.get(record.status)
-        if state is None:  # never ended: nothing to learn from
-            continue
-        values = {e: m["val_l1"] for e, m in record.trained().items() if not math.isnan(m["val_l1"])}
-        if state == TrialState.PRUNED and not values:
-            state = TrialState.FAIL
-        made.append(optuna.trial.create_trial(
-            state=state, value=min(values.values()) if state == TrialState.COMPLETE else None,
-            params={p: _native(record.params[p]) for p in space}, distributions=space,
-            intermediate_values=values, user_attrs={**attrs, TUNE_ID_ATTR: record.trial_id}))
-    return made
-
-
-def _native(value):
-    """Parquet gives numpy scalars and whole floats for ints; Optuna wants the Python value."""
-    value = value.item() if hasattr(value, "item") else value
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    made = [study_trial(record.row(store.info.params), trained_values(record), space,
+                        {**attrs, TUNE_ID_ATTR: record.trial_id})
+            for record in sorted(store.trials.values(), key=lambda r: r.number)
+            if record.status in FINAL_STATUSES]  # a trial that never ended has nothing to teach
+    return [t for t in made if t is not None]
 
 
 def warm_start(study: optuna.Study, folders: list[Path], space: dict[str, BaseDistribution]) -> int:
@@ -131,16 +119,14 @@ def reconcile(study: optuna.Study, store: TrialStore, complete: bool) -> None:
         record = store.trials.get(trial_id)
         if trial.state != TrialState.RUNNING:
             continue
-        if record is None or record.status not in STATES:
+        if record is None or record.status not in FINAL_STATUSES:
             if record is None and complete:
                 study.tell(trial.number, state=TrialState.FAIL)
             continue
-        values = {e: m["val_l1"] for e, m in record.trained().items() if not math.isnan(m["val_l1"])}
+        values = trained_values(record)
         for epoch, value in values.items():
             study._storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
         state = STATES[record.status]
-        if state == TrialState.PRUNED and not values:
-            state = TrialState.FAIL
         study.tell(trial.number, min(values.values()) if state == TrialState.COMPLETE else None, state=state)
 
 
