@@ -166,8 +166,8 @@ def test_the_baseline_is_the_first_trial_and_asha_never_stops_it():
 
     from ray.tune.schedulers import TrialScheduler
 
-    from tune_adapter.search.optuna_pruned import (BASELINE_KEY, BaselineKeepingASHA,
-                                                   PrunedAwareOptunaSearch)
+    from tune_adapter.search.optuna_pruned import BASELINE_KEY, PrunedAwareOptunaSearch
+    from tune_adapter.search.scheduler import SearchScheduler
 
     space = load_space(SHIPPED_DIR / "tiny.py")
     searcher = PrunedAwareOptunaSearch(space=space.function, metric="val_l1", mode="min",
@@ -176,8 +176,8 @@ def test_the_baseline_is_the_first_trial_and_asha_never_stops_it():
     assert first[BASELINE_KEY] is True and BASELINE_KEY not in second
     assert {k: first[k] for k in space.baseline} == space.baseline
 
-    scheduler = BaselineKeepingASHA(time_attr="epoch", metric="val_l1", mode="min", max_t=4,
-                                    grace_period=1, reduction_factor=2)
+    scheduler = SearchScheduler(trials=3, finals=None, finalists=0, time_attr="epoch", metric="val_l1", mode="min",
+                                max_t=4, grace_period=1, reduction_factor=2)
     good = SimpleNamespace(trial_id="good", config={})
     base = SimpleNamespace(trial_id="base", config={BASELINE_KEY: True})
     worse = SimpleNamespace(trial_id="worse", config={})

@@ -103,6 +103,18 @@ def test_live_table_at_80_columns_keeps_full_headers():
     assert "run" in rendered(live.render([]), width=50) and widest(rendered(live.render([]), width=50)) <= 50
 
 
+def test_live_table_counts_waiting_trials_only_while_there_are_some():
+    from types import SimpleNamespace
+
+    info = ExperimentInfo(name="default", params=["lr"], max_epochs=10, num_samples=16)
+    live = LiveTable(info)
+    paused = [SimpleNamespace(status="PAUSED", last_result={"epoch": 3}) for _ in range(2)]
+    assert "waiting" not in rendered(live.render(paused[:0]), width=120)
+    lines = rendered(live.render(paused + [SimpleNamespace(status="RUNNING", last_result={})]), width=120)
+    header, counts = [line for line in lines.splitlines() if "waiting" in line or "│" in line][:2]
+    assert "waiting" in header and [c.strip() for c in counts.split("│")[1:3]] == ["1", "2"]
+
+
 def test_confirm_table_leaves_out_min_and_max_first():
     rows = [{"trial_id": t, "baseline": t.endswith("0"), "seed": s, "status": "completed",
              "best_val_l1": 0.03 + s / 1000, "test_l1": 0.04} for t in ("4c1d2_00003", "4c1d2_00000") for s in range(3)]

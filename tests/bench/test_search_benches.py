@@ -60,10 +60,12 @@ def test_search_quality_runs_every_method_and_compares_them(tmp_path):
     assert result.guide.epochs == 1 and result.grid.epochs == len(FRAME_GRID)
     assert [len(result.searches[s]) for s in ("tpe", "random")] == [1, 1]
     assert all(o.epochs == 3 for s in result.searches.values() for o in s)  # 3 trials, 1 epoch
+    assert all(o.baseline_epochs == 1 for s in result.searches.values() for o in s)
     # The baseline trial of each search is the guide's run: nothing it found can be worse.
     assert all(o.best_val_l1 <= result.guide.best_val_l1 + 1e-6 for o in result.searches["tpe"])
     rows = rows_of(quality_sections(results))
     assert rows["(a) / (c)"] == result.ratios("guide")[0]
+    assert rows["epochs (a) / (d), the baseline's left out"] == 2 / len(FRAME_GRID)
     assert not list((tmp_path / "results").glob("small-*"))  # the bench removes its experiments
 
 

@@ -76,7 +76,7 @@ def plan_runs(trials, params: list[str], top: int, seeds: int) -> list[dict]:
         chosen = [*chosen.to_dict("records"), baseline.iloc[0].to_dict()]
     else:
         chosen = chosen.to_dict("records")
-    from .optuna_pruned import BASELINE_KEY
+    from .scheduler import BASELINE_KEY
 
     configs = [{**{p: _plain(row[p]) for p in params if p != SEED_KEY}, SOURCE_KEY: row["trial_id"],
                 BASELINE_KEY: bool(row["baseline"])} for row in chosen]

@@ -1,7 +1,7 @@
 """The Ray Tune driver: Optuna samples, ASHA stops, trials train, Parquet records.
 
-Ray Tune does the scheduling, the sampling (OptunaSearch), early stopping (ASHA),
-retries and resuming (`Tuner.restore`); this module only wires them to the trainer.
+Ray Tune does the scheduling, the sampling (OptunaSearch), early stopping (ASHA, with
+finalists chosen once every trial is screened: scheduler.py), retries and resuming (`Tuner.restore`); this module only wires them to the trainer.
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ def max_concurrent(options: SearchOptions, resources: dict) -> int:
 
 def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: Callable, callbacks: list):
     from ray import tune
-    from .optuna_pruned import BaselineKeepingASHA, PrunedAwareOptunaSearch
+    from .optuna_pruned import PrunedAwareOptunaSearch
+    from .scheduler import SearchScheduler
 
     space, info = prepared.space, prepared.info
     resources = trial_resources(options)
@@ -210,9 +211,10 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
                                        max_epochs=options.max_epochs,
                                        storage=journal_storage(options.experiment_dir), study_name=info.name,
                                        baseline=space.baseline if options.baseline and not options.continue_search else None)
-    scheduler = BaselineKeepingASHA(time_attr="epoch", metric=info.metric, mode=info.mode,
-                                    max_t=options.max_epochs, grace_period=options.grace_period,
-                                    reduction_factor=options.reduction_factor)
+    scheduler = SearchScheduler(trials=prepared.run_samples, finals=finals_at(options), finalists=options.finalists,
+                                time_attr="epoch", metric=info.metric, mode=info.mode,
+                                max_t=options.max_epochs, grace_period=options.grace_period,
+                                reduction_factor=options.reduction_factor)
     return tune.Tuner(
         wrapped,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -229,6 +231,13 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     )
+
+
+def finals_at(options: SearchOptions) -> int | None:
+    from .scheduler import finals_rung
+
+    return finals_rung(options.grace_period, options.reduction_factor, options.max_epochs) \
+        if options.finalists else None
 
 
 def startup_trials(num_samples: int) -> int:

@@ -14,9 +14,10 @@ from ray.tune import Callback
 from ..fit_table import Column, FitTable, format_number
 from ..results import ExperimentInfo, baseline_verdict, start_line
 from ..results_table import metric, param_columns, whole
-from .optuna_pruned import BASELINE_KEY
+from .scheduler import BASELINE_KEY
 
-STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "failed"}
+# PAUSED: screened, waiting at the finals rung for the others (scheduler.py).
+STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "waiting", "ERROR": "failed"}
 LIVE_STATES = {"completed": "done", "stopped": "pruned", "error": "failed"}  # trials.parquet's status
 
 
@@ -54,7 +55,8 @@ class LiveTable(Callback):
         """The counts as a table; the best parameters on a line of their own, which may wrap."""
         counts = Counter(self.state_of(t) for t in trials) + self.before
         columns = [Column(state, [str(counts.get(state, 0))], short=state[:4], justify="right")
-                   for state in ("running", "pending", "done", "pruned", "failed")]
+                   for state in ("running", "waiting", "pending", "done", "pruned", "failed")
+                   if state != "waiting" or counts.get(state)]  # only while trials wait: 80 columns
         columns += [Column("baseline val_l1", [metric(self.baseline)], short="baseline", justify="right",
                            priority=1),
                     Column("best val_l1", [metric(self.best and self.best[0])], short="best", justify="right")]

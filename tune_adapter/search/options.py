@@ -10,8 +10,8 @@ from ..errors import ConfigError
 
 # Flags a space file may default with an upper-case constant (NUM_SAMPLES = 32, ...): a
 # flag left out takes the space's constant, else SearchOptions' default.
-SPACE_CONSTANTS = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
-                   "gpus_per_trial", "max_concurrent", "max_failures", "seed", "init_from",
+SPACE_CONSTANTS = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "finalists",
+                   "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "seed", "init_from",
                    "init_partial", "time_budget")
 SHARED_GPU = 0.25  # gpus_per_trial when it is None and the cluster has GPUs
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -27,6 +27,9 @@ class SearchOptions:
     max_epochs: int = 10
     grace_period: int = 1
     reduction_factor: int = 3
+    # Trials that train to max epochs once every trial is screened (scheduler.py); 0: Ray's
+    # ASHA alone, which promotes to the end as trials arrive.
+    finalists: int = 1
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: SHARED_GPU when the cluster has GPUs, else 0
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs and GPUs allow
@@ -56,6 +59,7 @@ class SearchOptions:
             "--num-samples": self.num_samples >= 1, "--max-epochs": self.max_epochs >= 1,
             "--grace-period": 1 <= self.grace_period <= self.max_epochs,
             "--reduction-factor": self.reduction_factor >= 2,
+            "--finalists": self.finalists >= 0,
             "--cpus-per-trial": self.cpus_per_trial > 0,
             "--gpus-per-trial": self.gpus_per_trial is None or self.gpus_per_trial >= 0,
             "--max-concurrent": self.max_concurrent is None or self.max_concurrent >= 1,

@@ -1,4 +1,4 @@
-"""OptunaSearch that tells the study every epoch, and ASHA that never stops the baseline.
+"""OptunaSearch that tells the study every epoch, pruned trials' last included.
 
 Ray Tune calls a searcher's `on_trial_result` only when the scheduler lets the trial go on:
 the result on which ASHA stops a trial reaches `on_trial_complete` alone, and stock
@@ -15,26 +15,28 @@ from __future__ import annotations
 import math
 
 from optuna.trial import Trial, TrialState
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from . import scheduler
+from .scheduler import BASELINE_KEY
 from .budget import budget_spent
 from .study import TUNE_ID_ATTR
-
-BASELINE_KEY = "baseline"  # set (True) in the config of the search's baseline trial
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, baseline: dict | None = None, **kwargs):
         super().__init__(*args, points_to_evaluate=[dict(baseline)] if baseline else None, **kwargs)
         self.max_epochs = max_epochs
+        self.max_concurrent = 0  # 0: no limit
         # The enqueued baseline is what the study's first ask() returns.
         self.baseline_pending = bool(baseline)
 
     def suggest(self, trial_id: str):
         if budget_spent():
             return Searcher.FINISHED
+        if trial_id not in self._ot_trials and self.at_capacity():
+            return None
         if trial_id not in self._ot_trials:
             self._ot_trials[trial_id] = self.adopt_orphan() or self._ot_study.ask()
             self.label(trial_id)
@@ -42,6 +44,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if config is not None and self._ot_trials[trial_id].user_attrs.get(BASELINE_KEY):
             config[BASELINE_KEY] = True
         return config
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True  # Tune's ConcurrencyLimiter then leaves the limit to `at_capacity`
+
+    def at_capacity(self) -> bool:
+        running = set(self._ot_trials) - self._completed_trials - scheduler.WAITING
+        return bool(self.max_concurrent) and len(running) >= self.max_concurrent
 
     def label(self, trial_id: str) -> None:
         """Name the Tune trial in the study, and the baseline (the first trial asked)."""
@@ -98,18 +108,3 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         self._completed_trials.add(trial_id)
 
-
-class BaselineKeepingASHA(ASHAScheduler):
-    """ASHA whose rungs record the baseline like any trial, but which never stops it: the
-    baseline is what the search is measured against, so it trains all epochs. Its values
-    in the rungs give the first trials to reach them a reference: without them, ASHA
-    promotes whichever trial reaches an empty rung first, and searches spent more epochs
-    (docs/performance.md)."""
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        if (action == TrialScheduler.STOP and trial.config.get(BASELINE_KEY)
-                and result.get(self._time_attr, 0) < self._max_t):
-            self._num_stopped -= 1
-            return TrialScheduler.CONTINUE
-        return action

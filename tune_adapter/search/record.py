@@ -17,7 +17,7 @@ from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import START_METRICS, START_PREFIX, ExperimentInfo, TrialStore
 from . import budget, hparams
-from .optuna_pruned import BASELINE_KEY
+from .scheduler import BASELINE_KEY
 from .recover import repair_checkpoint, skip_stored_checkpoints
 
 # Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),

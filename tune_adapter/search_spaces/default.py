@@ -9,6 +9,8 @@ NUM_SAMPLES = 16
 MAX_EPOCHS = 10
 GRACE_PERIOD = 1
 REDUCTION_FACTOR = 3
+# Screened trials wait at epoch 3 until all are; the best one then trains to the end.
+FINALISTS = 1
 
 # The first trial: the user guide's defaults, what a user gets without a search. It trains
 # all epochs, and `tune-adapter best` says how much better the winner is.
