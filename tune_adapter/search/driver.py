@@ -1,7 +1,8 @@
 """The Ray Tune driver: Optuna samples, ASHA stops, trials train, Parquet records.
 
 Ray Tune does the scheduling, the sampling (OptunaSearch), early stopping (ASHA, with
-finalists chosen once every trial is screened: scheduler.py), retries and resuming (`Tuner.restore`); this module only wires them to the trainer.
+finalists chosen once every trial is screened: scheduler.py), retries and resuming
+(`Tuner.restore`); this module only wires them to the trainer.
 """
 
 from __future__ import annotations
@@ -211,9 +212,9 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
                                        max_epochs=options.max_epochs,
                                        storage=journal_storage(options.experiment_dir), study_name=info.name,
                                        baseline=space.baseline if options.baseline and not options.continue_search else None)
-    scheduler = SearchScheduler(trials=prepared.run_samples, finals=finals_at(options), finalists=options.finalists,
-                                time_attr="epoch", metric=info.metric, mode=info.mode,
-                                max_t=options.max_epochs, grace_period=options.grace_period,
+    scheduler = SearchScheduler(trials=prepared.run_samples, finals=finals_at(options),
+                                finalists=options.finalists, time_attr="epoch", metric=info.metric,
+                                mode=info.mode, max_t=options.max_epochs, grace_period=options.grace_period,
                                 reduction_factor=options.reduction_factor)
     return tune.Tuner(
         wrapped,

@@ -19,8 +19,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from . import scheduler
-from .scheduler import BASELINE_KEY
 from .budget import budget_spent
+from .scheduler import BASELINE_KEY
 from .study import TUNE_ID_ATTR
 
 
