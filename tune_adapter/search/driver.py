@@ -252,10 +252,14 @@ def make_sampler(options: SearchOptions, distributions: dict):
 
     from .distinct import DistinctSampler
 
+    from .screening import ScreeningSampler
+
     if options.sampler == "random":
         base = optuna.samplers.RandomSampler(seed=options.seed)
     else:
         base = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=startup_trials(options.num_samples))
+        if finals_at(options):
+            base = ScreeningSampler(base, finals_at(options))
     return DistinctSampler(base, distributions, seed=options.seed)
 
 
