@@ -174,7 +174,7 @@ def check_survived(search, kills):
     outcome = run_kill_point(search, kills)
     assert outcome.killed == len(kills), f"the search ended before its kill point: {outcome}"
     # Every trial once, none lost as `error`, no epoch twice, and the resumed search ran to its end.
-    assert outcome.ok(search.num_samples), outcome
+    assert outcome.ok(search), outcome
 
 
 @pytest.mark.slow
@@ -190,14 +190,20 @@ def test_bench_faults_prints_a_row_per_kill_point_and_fails_when_one_failed(tmp_
     from tune_adapter.bench import faults as fault_bench
 
     search = fault_bench.FaultSearch(TINY, tmp_path, tmp_path, tmp_path / "runs")
-    good = fault_bench.KillOutcome(("4s",), killed=1, exit_code=0, trials=6, statuses={"completed": 6})
+    good = fault_bench.KillOutcome(("4s",), killed=1, exit_code=0, trials=6, statuses={"completed": 6},
+                                   finalists=1)
     lost = fault_bench.KillOutcome(("2", "6s"), killed=2, exit_code=0, trials=6,
                                    statuses={"completed": 5, "error": 1}, errors=["ValueError: gone"])
-    monkeypatch.setattr(fault_bench, "bench_faults", lambda *a, **k: (search, [good, lost]))
+    # Every trial once, but no trial besides the baseline trained to the end.
+    starved = fault_bench.KillOutcome(("12s",), killed=1, exit_code=0, trials=6,
+                                      statuses={"completed": 1, "pruned": 5}, finalists=0)
+    assert good.ok(search) and not lost.ok(search) and not starved.ok(search)
+    monkeypatch.setattr(fault_bench, "bench_faults", lambda *a, **k: (search, [good, lost, starved]))
     result = CliRunner().invoke(app, ["bench", "--faults", "--work-dir", str(tmp_path)], env={"COLUMNS": "160"})
     assert result.exit_code == 1, result.output
     assert "4s" in result.output and "2 > 6s" in result.output and "FAILED" in result.output
     assert "kill after 2 > 6s: ValueError: gone" in result.output
+    assert "kill after 12s: 0 of 1 finalists trained to the end" in result.output
 
 
 def tune_trial(tmp_path, checkpoints: dict[int, float]):

@@ -138,14 +138,22 @@ def test_after_a_resume_trials_at_or_past_the_rung_wait_and_an_ended_finalist_ke
     assert sched.choose_trial_to_run(controller) is running
     assert sched.chosen == {"r"} and sorted(controller.stopped) == ["n", "o", "w"]
 
-    sched = scheduler(trials=2)
-    ended, waiting = FakeTrial("e"), FakeTrial("w")
+    sched = scheduler(trials=3)
+    ended, stopped, waiting = FakeTrial("e"), FakeTrial("s"), FakeTrial("w")
     ended.status, ended.last_result = Trial.TERMINATED, {"epoch": 10, "val_l1": 0.3}
     waiting.status, waiting.last_result = Trial.PENDING, {"epoch": 3, "val_l1": 0.2}
-    controller = FakeController([ended, waiting])
+    # Stopped by ASHA past the rung (resumed there, its rung result lost): not a finalist.
+    stopped.status, stopped.last_result = Trial.TERMINATED, {"epoch": 4, "val_l1": 0.9}
+    controller = FakeController([ended, stopped, waiting])
     sched.on_trial_add(controller, waiting)
     assert sched.choose_trial_to_run(controller) is None
     assert sched.chosen == {"e"} and controller.stopped == ["w"]
+
+    ended.last_result = {"epoch": 4, "val_l1": 0.3}  # ended short of the end: no finalist yet
+    waiting.status = Trial.PENDING
+    sched, controller = scheduler(trials=3), FakeController([ended, stopped, waiting])
+    sched.on_trial_add(controller, waiting)
+    assert sched.choose_trial_to_run(controller) is waiting and sched.chosen == {"w"}
 
 
 def test_once_the_time_budget_is_spent_the_waiting_trials_end_as_stopped():

@@ -40,6 +40,7 @@ class FaultSearch:
     num_samples: int = 6
     max_epochs: int = 3
     seed: int = 0
+    finalists: int = 1  # trials besides the baseline that must train to the end
     timeout_s: float = 300.0
     flags: tuple[str, ...] = ()  # more search flags, the same in every run
 
@@ -47,7 +48,8 @@ class FaultSearch:
         return [sys.executable, "-m", "tune_adapter", "search", "--space", str(self.space),
                 "--manifest", str(self.train), "--val-manifest", str(self.val),
                 "--num-samples", str(self.num_samples), "--max-epochs", str(self.max_epochs),
-                "--grace-period", "1", "--reduction-factor", "2", "--seed", str(self.seed),
+                "--grace-period", "1", "--reduction-factor", "2", "--finalists", str(self.finalists),
+                "--seed", str(self.seed),
                 "--storage", str(self.storage), "--name", name, *self.flags, *(["--resume"] if resume else [])]
 
 
@@ -58,6 +60,7 @@ class KillOutcome:
     exit_code: int | None = None  # of the final run
     trials: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    finalists: int = 0  # trials besides the baseline that trained to the end
     duplicate_trials: int = 0
     repeated_epochs: int = 0
     study_mismatches: list[str] = field(default_factory=list)  # the journal against the Parquet store
@@ -65,10 +68,12 @@ class KillOutcome:
     seconds: float = 0.0
     tail: str = ""  # the final run's last output lines, when it failed
 
-    def ok(self, num_samples: int) -> bool:
-        return (self.exit_code == 0 and self.trials == num_samples and self.duplicate_trials == 0
+    def ok(self, search: FaultSearch) -> bool:
+        """Every trial once, none lost or twice, and the search's answer as without a crash:
+        its finalists trained to the end."""
+        return (self.exit_code == 0 and self.trials == search.num_samples and self.duplicate_trials == 0
                 and self.repeated_epochs == 0 and set(self.statuses) <= {"completed", "pruned"}
-                and not self.study_mismatches)
+                and not self.study_mismatches and self.finalists == search.finalists)
 
 
 def run_driver(search: FaultSearch, name: str, resume: bool, kill_after: str | None) -> subprocess.CompletedProcess:
@@ -118,6 +123,7 @@ def check_store(folder: Path, outcome: KillOutcome) -> None:
     outcome.trials = int(trials["trial_id"].nunique())
     outcome.duplicate_trials = int(trials["trial_id"].duplicated().sum())
     outcome.statuses = {str(k): int(v) for k, v in trials["status"].value_counts().items()}
+    outcome.finalists = int(((trials["status"] == "completed") & ~trials["baseline"]).sum())
     outcome.repeated_epochs = int(epochs.duplicated(["trial_id", "epoch"]).sum())
     outcome.errors = [str(e) for e in trials["error"].dropna()]
     outcome.study_mismatches = mismatches(folder, folder.name) if has_study(folder) else ["no optuna.journal"]
@@ -150,15 +156,16 @@ def outcomes_table(search: FaultSearch, outcomes: list[KillOutcome]):
     table = Table(title=f"tune-adapter bench --faults: {search.num_samples} trials x up to "
                         f"{search.max_epochs} epochs, killed then resumed", title_justify="left")
     table.add_column("kill after", no_wrap=True)
-    for column in ("kills", "exit", "trials", "completed", "pruned", "error", "other", "epochs twice", "study ≠", "s"):
+    for column in ("kills", "exit", "trials", "completed", "pruned", "error", "other", "finalists",
+                   "epochs twice", "study ≠", "s"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("outcome", no_wrap=True)
     for o in outcomes:
         other = sum(n for status, n in o.statuses.items() if status not in ("completed", "pruned", "error"))
-        verdict = "[green]ok" if o.ok(search.num_samples) else "[red]FAILED"
+        verdict = "[green]ok" if o.ok(search) else "[red]FAILED"
         table.add_row(" > ".join(o.kills), str(o.killed), str(o.exit_code), str(o.trials),
                       *(str(o.statuses.get(k, 0)) for k in ("completed", "pruned", "error")), str(other),
-                      str(o.repeated_epochs), str(len(o.study_mismatches)), f"{o.seconds:.0f}", verdict)
+                      str(o.finalists), str(o.repeated_epochs), str(len(o.study_mismatches)), f"{o.seconds:.0f}", verdict)
     return table
 
 
@@ -166,7 +173,9 @@ def failure_lines(search: FaultSearch, outcomes: list[KillOutcome]) -> list[str]
     """What went wrong at each failed kill point: the trials' errors, or the final run's output."""
     lines = []
     for o in outcomes:
-        if not o.ok(search.num_samples):
-            detail = "; ".join(o.errors + o.study_mismatches) or o.tail or "no error recorded"
+        if not o.ok(search):
+            detail = "; ".join(o.errors + o.study_mismatches) or o.tail or (
+                f"{o.finalists} of {search.finalists} finalists trained to the end"
+                if o.finalists != search.finalists else "no error recorded")
             lines.append(f"kill after {' > '.join(o.kills)}: {detail}")
     return lines

@@ -98,9 +98,10 @@ class SearchScheduler(ASHAScheduler):
         sign = 1 if self._mode == "min" else -1
         waiting = sorted((t for t in trials if self.waits(t)),
                          key=lambda t: (sign * t.last_result[self._metric], t.trial_id))
-        # Finalists that ended before a resume keep their places.
+        # Finalists that trained to the end before a resume keep their places. (A trial
+        # resumed past the rung, its result there lost, may be stopped there by ASHA.)
         ended = {t.trial_id for t in trials if not is_baseline(t) and t.is_finished()
-                 and (t.last_result or {}).get(self._time_attr, 0) > self.finals}
+                 and (t.last_result or {}).get(self._time_attr, 0) >= self._max_t}
         slots = 0 if budget.budget_spent() else max(0, self.finalists - len(ended))
         self.chosen = ended | {t.trial_id for t in waiting[:slots]}
         for trial in waiting[slots:]:
