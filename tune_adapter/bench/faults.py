@@ -24,9 +24,10 @@ from ..search.record import KILL_AFTER_ENV
 from ..search.study import has_study, mismatches
 
 # Kill points of `tune-adapter bench --faults`: single kills spread over a tiny search's
-# ~40 events (results and checkpoints of 6 trials x up to 3 epochs), then repeated kills.
-BENCH_KILLS = (("1",), ("3",), ("2s",), ("4s",), ("6s",), ("9s",), ("12s",), ("16s",), ("21s",),
-               ("27s",), ("8",), ("17",), ("4s", "4s"), ("6s", "3", "5s"), ("2s", "2s", "2s", "2s", "2s"))
+# ~20 events (results and checkpoints of 6 trials: the baseline and the finalist 3 epochs,
+# the others 1), then repeated kills.
+BENCH_KILLS = (("1",), ("3",), ("2s",), ("4s",), ("6s",), ("9s",), ("12s",), ("14s",), ("16s",),
+               ("18s",), ("8",), ("17",), ("4s", "4s"), ("6s", "3", "5s"), ("2s", "2s", "2s", "2s", "2s"))
 
 
 @dataclass(frozen=True)
