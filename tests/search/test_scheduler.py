@@ -112,6 +112,12 @@ def test_a_pending_trial_is_started_before_any_choice():
     assert sched.choose_trial_to_run(controller) is fresh and sched.chosen is None
 
 
+def test_a_diverged_trial_is_never_a_finalist():
+    sched, controller, trials, actions = screened({"nan": float("nan"), "a": 0.5}, baseline=False)
+    assert actions["nan"][-1] == PAUSE  # ASHA lets a NaN through; the choice does not
+    assert sched.choose_trial_to_run(controller) is trials["a"] and controller.stopped == ["nan"]
+
+
 def test_two_finalists_and_trials_asha_stopped_before_the_rung():
     sched, controller, trials, actions = screened({"a": 0.5, "b": 0.3, "c": 0.4, "d": 0.35}, finalists=2)
     assert actions["c"] == [STOP]  # below rung 1's cutoff (0.5 and 0.3 before it)

@@ -11,6 +11,8 @@ rung it is Ray's ASHA. docs/performance.md has the measurements behind it.
 
 from __future__ import annotations
 
+import math
+
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
@@ -89,15 +91,18 @@ class SearchScheduler(ASHAScheduler):
                 return trial
         return None
 
+    def rank_value(self, trial) -> float:
+        """Its value at the rung, smaller is better; a diverged trial (NaN) ranks last."""
+        value = (trial.last_result or {}).get(self._metric, math.nan)
+        return math.inf if math.isnan(value) else value if self._mode == "min" else -value
+
     def all_screened(self, trials) -> bool:
         if self.finals is None or (len(trials) < self.trials and not budget.budget_spent()):
             return False
         return all(t.is_finished() or self.waits(t) or is_baseline(t) for t in trials)
 
     def choose(self, tune_controller, trials) -> None:
-        sign = 1 if self._mode == "min" else -1
-        waiting = sorted((t for t in trials if self.waits(t)),
-                         key=lambda t: (sign * t.last_result[self._metric], t.trial_id))
+        waiting = sorted((t for t in trials if self.waits(t)), key=lambda t: (self.rank_value(t), t.trial_id))
         # Finalists that trained to the end before a resume keep their places. (A trial
         # resumed past the rung, its result there lost, may be stopped there by ASHA.)
         ended = {t.trial_id for t in trials if not is_baseline(t) and t.is_finished()
