@@ -15,12 +15,15 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
+from .sampler_wrapper import SamplerWrapper
+
 REDRAWS = 64  # of the wrapped sampler, before a uniform pick among configurations left
 
 
-class DistinctSampler(BaseSampler):
+class DistinctSampler(SamplerWrapper):
     def __init__(self, base: BaseSampler, space: dict[str, BaseDistribution], seed: int = 0):
-        self.base, self.space = base, dict(space)
+        super().__init__(base)
+        self.space = dict(space)
         self.rng = random.Random(seed)
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
@@ -48,17 +51,6 @@ class DistinctSampler(BaseSampler):
         left = [c for c in itertools.product(*grids) if tuple(c) not in seen]
         return dict(zip(search_space, self.rng.choice(left))) if left else None
 
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self.base.sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study, trial) -> None:
-        self.base.before_trial(study, trial)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self.base.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.base.reseed_rng()
 
 
 def _key(params: dict, search_space: dict) -> tuple:

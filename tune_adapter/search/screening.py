@@ -17,10 +17,13 @@ import copy
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from .sampler_wrapper import SamplerWrapper
 
-class ScreeningSampler(BaseSampler):
+
+class ScreeningSampler(SamplerWrapper):
     def __init__(self, base: BaseSampler, rung: int):
-        self.base, self.rung = base, rung
+        super().__init__(base)
+        self.rung = rung
 
     def infer_relative_search_space(self, study, trial):
         return self.base.infer_relative_search_space(ScreenedStudy(study, self.rung), trial)
@@ -32,14 +35,6 @@ class ScreeningSampler(BaseSampler):
         return self.base.sample_independent(ScreenedStudy(study, self.rung), trial, param_name,
                                             param_distribution)
 
-    def before_trial(self, study, trial) -> None:
-        self.base.before_trial(study, trial)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self.base.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.base.reseed_rng()
 
 
 class ScreenedStudy:
