@@ -258,8 +258,9 @@ def make_sampler(options: SearchOptions, distributions: dict):
         base = optuna.samplers.RandomSampler(seed=options.seed)
     else:
         base = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=startup_trials(options.num_samples))
-        if finals_at(options):
-            base = ScreeningSampler(base, finals_at(options))
+        rung = finals_at(options)
+        if rung:
+            base = ScreeningSampler(base, rung)
     return DistinctSampler(base, distributions, seed=options.seed)
 
 

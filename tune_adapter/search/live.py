@@ -14,7 +14,7 @@ from ray.tune import Callback
 from ..fit_table import Column, FitTable, format_number
 from ..results import ExperimentInfo, baseline_verdict, start_line
 from ..results_table import metric, param_columns, whole
-from .scheduler import BASELINE_KEY
+from .scheduler import is_baseline
 
 # PAUSED: screened, waiting at the finals rung for the others (scheduler.py).
 STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "waiting", "ERROR": "failed"}
@@ -71,7 +71,7 @@ class LiveTable(Callback):
             return
         if self.best is None or value < self.best[0]:
             self.best = (value, trial.trial_id, {p: trial.config.get(p) for p in self.info.params})
-        if trial.config.get(BASELINE_KEY) and (self.baseline is None or value < self.baseline):
+        if is_baseline(trial) and (self.baseline is None or value < self.baseline):
             self.baseline = value
 
     def on_step_end(self, iteration, trials, **info):

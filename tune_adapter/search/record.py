@@ -17,7 +17,7 @@ from ray.tune.result import SHOULD_CHECKPOINT
 
 from ..results import START_METRICS, START_PREFIX, ExperimentInfo, TrialStore
 from . import budget, hparams
-from .scheduler import BASELINE_KEY
+from .scheduler import is_baseline
 from .recover import repair_checkpoint, skip_stored_checkpoints
 
 # Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),
@@ -57,10 +57,6 @@ def error_message(trial) -> str:
         text = str(error) if error is not None else ""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "the trial failed (no error text was saved)"
-
-
-def is_baseline(trial) -> bool:
-    return bool(trial.config.get(BASELINE_KEY, False))
 
 
 class StoreCallback(Callback):
@@ -207,7 +203,7 @@ def record_silent_errors(store: TrialStore, ray_trials: dict) -> None:
         if result.error is not None and not store.is_finished(trial_id):
             lines = str(result.error).strip().splitlines() or ["the trial failed"]
             store.record_end(trial_id, {p: result.config.get(p) for p in store.info.params}, "error", lines[-1],
-                             baseline=bool(result.config.get(BASELINE_KEY, False)))
+                             baseline=is_baseline(result))
 
 
 def log_start_to_tensorboard(trial, result: dict) -> None:

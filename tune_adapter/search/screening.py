@@ -36,7 +36,6 @@ class ScreeningSampler(SamplerWrapper):
                                             param_distribution)
 
 
-
 class ScreenedStudy:
     """The study as the wrapped sampler reads it; everything else is the study itself."""
 
