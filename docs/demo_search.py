@@ -1,7 +1,7 @@
 """The experiment behind docs/report.png: a small real search, without Ray.
 
 Optuna's TPE sampler proposes each trial (ask/tell, the define-by-run style of the shipped
-spaces, tune_adapter/search_spaces/), the real trainer fits the adapter on the tiny
+spaces, search_spaces/), the real trainer fits the adapter on the tiny
 synthetic dataset (teacher window W=5), every epoch is recorded in a TrialStore, and
 trials are stopped early by ASHA's rule for one bracket (grace 2 epochs, reduction factor
 2: at epochs 2, 4 and 8 a trial continues only if it is in the better half of the trials

@@ -56,12 +56,12 @@ def test_range_text_is_what_a_space_file_says():
 
 
 def test_warning_names_the_parameter_its_range_and_the_continue_command():
-    info = ExperimentInfo(name="default", params=["lr", "batch_size"], space="search_spaces/default.py",
+    info = ExperimentInfo(name="default", params=["lr", "batch_size"], space="spaces/mine.py",
                           distributions={"lr": distribution_to_json(FloatDistribution(1e-5, 1e-2, log=True)),
                                          "batch_size": distribution_to_json(CategoricalDistribution([2, 4, 8]))})
     lines = edge_warnings({"lr": 0.00962, "batch_size": 4}, info, trials=16)
     assert lines == ["lr 0.00962 lies at the top of its range 1e-05..0.01 (log): widen it in the space file "
-                     "and add trials with tune-adapter search --space search_spaces/default.py --name default "
+                     "and add trials with tune-adapter search --space spaces/mine.py --name default "
                      "--continue --num-samples 32"]
     assert edge_warnings({"lr": 1e-4, "batch_size": 4}, info, trials=16) == []
 
@@ -110,6 +110,10 @@ def test_a_shipped_space_is_widened_in_a_copy():
 
     assert "cp " in widen_advice(str(SHIPPED_DIR / "default.py")) and "--space my_space.py" in \
         widen_advice(str(SHIPPED_DIR / "default.py"))
+    # Recorded by name (and by the installed path they had before they moved to search_spaces/).
+    assert f"cp {SHIPPED_DIR / 'default.py'} my_space.py" in widen_advice("default") or \
+        "cp search_spaces/default.py my_space.py" in widen_advice("default")
+    assert "cp " in widen_advice("/old/site-packages/tune_adapter/search_spaces/default.py")
     assert widen_advice("/home/me/space.py").endswith("--space /home/me/space.py")
 
 
@@ -120,5 +124,20 @@ def test_new_categorical_choices_are_a_warm_started_search_not_a_continue():
     from tune_adapter.results import ExperimentInfo
 
     info = ExperimentInfo(name="default", params=["lr"])
-    assert next_search(info, 16, CategoricalDistribution([2, 4])) == "--name default-2 --warm-start results/default"
-    assert next_search(info, 16, FloatDistribution(1e-4, 1e-2)) == "--name default --continue --num-samples 32"
+    assert next_search(info, 16, [CategoricalDistribution([2, 4])]) == "--name default-2 --warm-start results/default"
+    assert next_search(info, 16, [FloatDistribution(1e-4, 1e-2)]) == "--name default --continue --num-samples 32"
+    # One follow-up for all: a categorical among the edges makes every line warm-start.
+    assert next_search(info, 16, [FloatDistribution(1e-4, 1e-2), CategoricalDistribution([2, 4])]) == \
+        "--name default-2 --warm-start results/default"
+
+
+def test_every_edge_warning_of_one_winner_suggests_the_same_command():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    info = ExperimentInfo(name="default", params=["lr", "batch_size"], space="/home/me/space.py",
+                          distributions={"lr": distribution_to_json(FloatDistribution(1e-5, 1e-2, log=True)),
+                                         "batch_size": distribution_to_json(CategoricalDistribution([2, 4, 8]))})
+    lines = edge_warnings({"lr": 0.00962, "batch_size": 8}, info, trials=16)
+    assert len(lines) == 2 and {line.split(": ", 1)[1] for line in lines} == {
+        "widen it in the space file and add trials with tune-adapter search --space /home/me/space.py "
+        "--name default-2 --warm-start results/default"}

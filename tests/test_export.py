@@ -232,3 +232,14 @@ def test_best_export_with_no_checkpoint_at_any_trials_best_epoch(tmp_path):
     result = runner.invoke(app, ["best", "--experiment", str(folder), "--export", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["epoch"] == 4
+
+
+def test_best_export_alone_exports_to_the_experiments_own_folder(tmp_path):
+    """The design card's exact command, `tune-adapter best --export`, with no folder."""
+    folder = tmp_path / "x"
+    write_search(folder, {"a": ([0.5, 0.3, 0.1, 0.12], {3, 4})})
+    for args in (["--export"], ["--export", "--top", "2"]):
+        result = runner.invoke(app, ["best", "--experiment", str(folder), *args], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        assert f"-> {folder / 'export'}" in result.output
+        assert json.loads((folder / "export" / "adapter_config.json").read_text())["epoch"] == 3

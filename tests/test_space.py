@@ -204,12 +204,28 @@ def test_a_bad_baseline_is_refused(tmp_path, baseline, needle):
         check_baseline(probe_space(space), space)
 
 
-def test_a_shipped_space_named_by_its_old_path_loads_under_the_name_searches_pickled(tmp_path):
-    """Searches started from the repository's search_spaces/ (before the spaces moved into
-    the package) pickled the space by a module name made from that path: they resume."""
-    from tune_adapter.space import SHIPPED_DIR, load_space, module_name_for
+def test_the_shipped_spaces_are_the_files_of_the_top_level_search_spaces_folder(monkeypatch):
+    """The design card's `--space search_spaces/default.py` opens the file that is there."""
+    from tune_adapter.space import SHIPPED_DIR, load_space
 
-    old = tmp_path / "search_spaces" / "tiny.py"
-    loaded = load_space(old)
-    assert loaded.module_name == module_name_for(old) != module_name_for(SHIPPED_DIR / "tiny.py")
-    assert loaded.path == SHIPPED_DIR / "tiny.py" and loaded.defaults["num_samples"] == 4
+    root = Path(__file__).resolve().parents[1]
+    assert SHIPPED_DIR == root / "search_spaces"
+    monkeypatch.chdir(root)
+    loaded = load_space("search_spaces/default.py")
+    assert loaded.path.resolve() == root / "search_spaces" / "default.py" and loaded.shipped_name == "default"
+    assert loaded.module_name == load_space("default").module_name  # one space, one pickled name
+
+
+def test_a_mistyped_space_path_is_refused_not_replaced_by_a_shipped_one(tmp_path):
+    from tune_adapter.space import load_space
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_space(tmp_path / "search_spaces" / "tiny.py")
+
+
+def test_an_experiment_records_a_shipped_space_by_name_and_reads_its_old_installed_path_as_one():
+    from tune_adapter.space import load_space, recorded_space
+
+    assert load_space("tiny").recorded_as == "tiny"
+    assert recorded_space("/venv/lib/python3.11/site-packages/tune_adapter/search_spaces/tiny.py") == "tiny"
+    assert recorded_space("/home/me/search_spaces/tiny.py") == "/home/me/search_spaces/tiny.py"

@@ -76,38 +76,50 @@ def search_winner(trials) -> Mapping | None:
 
 
 def edge_warnings(winner: Mapping | None, info: ExperimentInfo, trials: int) -> list[str]:
-    """One line per parameter of the winner at an edge of its range, naming the command
-    that continues the search (`trials`: how many it has)."""
-    lines = []
+    """One line per parameter of the winner at an edge of its range, each naming the same
+    command that continues the search (`trials`: how many it has)."""
+    edges = []
     for param in info.params if winner is not None else ():
         if param not in info.distributions or param not in winner:
             continue  # a search from before distributions were recorded
         distribution = json_to_distribution(info.distributions[param])
         side = edge_side(_plain(winner[param]), distribution)
-        if side is None:
-            continue
+        if side is not None:
+            edges.append((param, side, distribution))
+    follow_up = f"{widen_advice(info.space)} {next_search(info, trials, [d for _, _, d in edges])}"
+    lines = []
+    for param, side, distribution in edges:
         where = f"lies {side} its range" if side in ("above", "below") else f"lies at the {side} of its range"
-        lines.append(f"{param} {_value_text(winner[param])} {where} {range_text(distribution)}: "
-                     f"{widen_advice(info.space)} {next_search(info, trials, distribution)}")
+        lines.append(f"{param} {_value_text(winner[param])} {where} {range_text(distribution)}: {follow_up}")
     return lines
 
 
-def next_search(info: ExperimentInfo, trials: int, distribution: BaseDistribution) -> str:
+def next_search(info: ExperimentInfo, trials: int, distributions: list[BaseDistribution]) -> str:
     """More trials in the same study (`--continue`), unless new categorical choices are
     wanted: an Optuna study keeps a categorical's choices, so a new search warm-starts."""
-    if isinstance(distribution, CategoricalDistribution):
+    if any(isinstance(d, CategoricalDistribution) for d in distributions):
         return f"--name {info.name}-2 --warm-start results/{info.name}"
     return f"--name {info.name} --continue --num-samples {trials + EXTRA_TRIALS}"
 
 
 def widen_advice(space: str) -> str:
     """A shipped space is not the user's to edit: widen a copy of it instead."""
-    from .space import SHIPPED_DIR
+    from .space import SHIPPED_DIR, recorded_space, shipped_spaces
 
-    if space and Path(space).resolve().parent == SHIPPED_DIR:
-        return (f"widen it in a copy of the space (cp {space} my_space.py) and add trials with "
+    name = recorded_space(space) if space else ""
+    if name in shipped_spaces() or (space and Path(space).resolve().parent == SHIPPED_DIR):
+        source = _shown(SHIPPED_DIR / f"{Path(name).stem}.py")
+        return (f"widen it in a copy of the space (cp {source} my_space.py) and add trials with "
                 f"tune-adapter search --space my_space.py")
     return f"widen it in the space file and add trials with tune-adapter search --space {space or 'SPACE'}"
+
+
+def _shown(path: Path) -> str:
+    """A path as short as it can be copied: relative to this folder when it lies below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _plain(value):

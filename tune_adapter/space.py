@@ -1,7 +1,7 @@
 """Search-space files: `def space(trial) -> dict`, Optuna define-by-run.
 
-`--space` takes a shipped space by name (tune_adapter/search_spaces/NAME.py, installed
-with the package) or a path to a file of one's own.
+`--space` takes a shipped space by name (the repository's search_spaces/NAME.py, installed
+as tune_adapter.search_spaces) or a path to a file of one's own.
 
 A space file may also set module constants that give defaults to `tune-adapter search`
 flags (`NUM_SAMPLES = 32`, `MAX_EPOCHS = 20`, ...; see `FLAG_CONSTANTS`). Before any
@@ -34,7 +34,18 @@ from .search.options import SPACE_CONSTANTS
 
 FLAG_CONSTANTS = tuple(name.upper() for name in SPACE_CONSTANTS)  # NUM_SAMPLES, ...
 PROBE_RUNS = 64
-SHIPPED_DIR = Path(__file__).resolve().parent / "search_spaces"
+
+
+def _shipped_dir() -> Path:
+    """Where the shipped spaces are: the installed package tune_adapter.search_spaces
+    (pyproject.toml maps the repository's search_spaces/ to it), else that folder."""
+    spec = importlib.util.find_spec("tune_adapter.search_spaces")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+SHIPPED_DIR = _shipped_dir()
 
 
 @dataclass
@@ -44,6 +55,17 @@ class SearchSpace:
     function: Callable
     defaults: dict  # flag name (lower case) -> value, from the module's constants
     baseline: dict | None = None  # BASELINE: the search's first trial, what it must beat
+
+    @property
+    def shipped_name(self) -> str | None:
+        """`default` for a shipped space, None for a file of one's own."""
+        return self.path.stem if self.path.resolve().parent == SHIPPED_DIR else None
+
+    @property
+    def recorded_as(self) -> str:
+        """What the experiment records: a shipped space by name (it resumes wherever the
+        package is installed), any other by its path."""
+        return self.shipped_name or str(self.path)
 
 
 def shipped_spaces() -> list[str]:
@@ -79,25 +101,26 @@ def module_name_for(path: Path) -> str:
     return f"tune_adapter_space_{stem}_{digest}"
 
 
-def moved_space(path: Path) -> Path | None:
-    """A shipped space named by the path it had before it moved into the package (the
-    repository's search_spaces/), so a search started from there still resumes."""
-    if path.parent.name == "search_spaces" and path.stem in shipped_spaces() and path.suffix == ".py":
-        return SHIPPED_DIR / path.name
-    return None
+def recorded_space(value: str) -> str:
+    """The space an experiment recorded, as `--space` takes it. Experiments recorded a
+    shipped space by its installed path while the spaces lived in tune_adapter/search_spaces/;
+    such a path that no longer exists is that space's name."""
+    path = Path(value)
+    if (not is_space_name(value) and not path.is_file() and path.parent.name == "search_spaces"
+            and path.parent.parent.name == "tune_adapter" and path.stem in shipped_spaces()):
+        return path.stem
+    return value
 
 
 def load_space(path: str | Path) -> SearchSpace:
     """A space from a file (a str may also name a shipped space)."""
     path = space_path(path)
-    source = path if path.is_file() else moved_space(path)
-    if source is None:
+    if not path.is_file():
         raise ConfigError(f"--space {path} does not exist: give a shipped space's name "
                           f"({', '.join(shipped_spaces())}) or a Python file defining space(trial)")
     if path.suffix != ".py":  # importlib loads only .py files by path
         raise ConfigError(f"--space {path} is not a .py file: give a Python file defining space(trial)")
-    name = module_name_for(path)  # the given path's: a moved space keeps the name searches pickled
-    path = source
+    name = module_name_for(path)
     module = sys.modules.get(name) or _import(path, name)
     function = getattr(module, "space", None)
     if not callable(function):

@@ -37,4 +37,4 @@ def test_search_by_name_from_an_empty_folder(tmp_path, synth_small, monkeypatch,
     assert run.exit_code == 0, run.output
     folder = empty / "results" / "tiny"  # named after the space, as a file's stem names it
     assert len(read_trials(folder)) == 2
-    assert read_info(folder).space == str(SHIPPED_DIR / "tiny.py")
+    assert read_info(folder).space == "tiny"

@@ -7,10 +7,35 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from ..errors import UserError
 
+# Options whose value may be left out, by command: `best --export` alone exports to the
+# experiment's own folder. Typer has no such option (click's flag_value), so the group
+# gives a bare one the value DEFAULT_VALUE before parsing.
+OPTIONAL_VALUES = {"best": ("--export",)}
+DEFAULT_VALUE = ""
+
+
+class OptionalValueGroup(TyperGroup):
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, with_optional_values(list(args)))
+
+
+def with_optional_values(args: list[str]) -> list[str]:
+    """`best --export` (last, or before another option) as `best --export ""`."""
+    optional = OPTIONAL_VALUES.get(args[0], ()) if args else ()
+    filled = []
+    for i, arg in enumerate(args):
+        filled.append(arg)
+        if arg in optional and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            filled.append(DEFAULT_VALUE)
+    return filled
+
+
 app = typer.Typer(
+    cls=OptionalValueGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UserError
 from ..search.options import SHARED_GPU, SearchOptions
-from .app import CacheDir, Experiment, ValFraction, ValManifest
+from .app import DEFAULT_VALUE, CacheDir, Experiment, ValFraction, ValManifest
 
 
 def search(
@@ -82,9 +82,10 @@ def search_space_of(storage: Path, name: str | None, continue_search: bool) -> s
     if not continue_search:
         return "default"
     from ..results import TRIALS_FILE, read_info
+    from ..space import recorded_space
 
     folder = Path(storage) / (name or "default")
-    return read_info(folder).space if (folder / TRIALS_FILE).is_file() else "default"
+    return recorded_space(read_info(folder).space) if (folder / TRIALS_FILE).is_file() else "default"
 
 
 def confirm(
@@ -147,7 +148,7 @@ AllowConfigChange = Annotated[bool, typer.Option(help="Merge even when W or S ch
 def best(
     experiment: Experiment = None,
     top: Annotated[int, typer.Option(help="Trials to list")] = 5,
-    export: Annotated[Optional[Path], typer.Option(help="Export the best trial's best checkpoint here")] = None,
+    export: Annotated[Optional[str], typer.Option(metavar="[DIR]", help="Export the winner's best checkpoint as InfiniteTalk weights, to DIR or, given alone, to the experiment's export/")] = None,
     merge_into: MergeInto = None,
     merged_file: MergedFile = None,
     allow_config_change: AllowConfigChange = False,
@@ -173,8 +174,9 @@ def best(
         console.print(confirm_table(confirmed, "confirmation over seeds (tune-adapter confirm)"))
     if export is None:
         if merge_into is not None:
-            raise UserError("--merge-into needs --export DIR (the merged copy is written there)")
+            raise UserError("--merge-into needs --export (the merged copy is written there)")
         return
+    export = Path(export) if export != DEFAULT_VALUE else folder / "export"
     if confirmed is not None:
         export_confirmed(folder, info, confirmed, export, merge_into, merged_file, allow_config_change)
         return

@@ -28,6 +28,7 @@ from ..data import PackedClips, TrainData, pack_manifest, read_manifest
 from ..data.pack import clip_identities
 from ..errors import ConfigError, DataError
 from ..results import ExperimentInfo, open_experiment, read_trials
+from ..space import recorded_space, space_path
 from .hparams import TensorBoardScalars
 from .options import SearchOptions
 from .record import StoreCallback
@@ -174,7 +175,7 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
                            "search": info.name}})
     pick = lambda flag, key: flag if flag is not None else settings.get(key)  # noqa: E731
     search_options = SearchOptions(
-        space=Path(info.space), max_epochs=epochs, num_samples=len(runs), storage=folder, name=CONFIRM_FOLDER,
+        space=space_path(recorded_space(info.space)), max_epochs=epochs, num_samples=len(runs), storage=folder, name=CONFIRM_FOLDER,
         resume=options.resume, address=options.address, quiet=options.quiet,
         cpus_per_trial=pick(options.cpus_per_trial, "cpus_per_trial") or 1.0,
         gpus_per_trial=pick(options.gpus_per_trial, "gpus_per_trial"),

@@ -91,7 +91,7 @@ def experiment_info(options: SearchOptions, space: SearchSpace, params: list[str
 
     return ExperimentInfo(
         name=options.experiment_name, params=params, max_epochs=options.max_epochs,
-        num_samples=options.num_samples, space=str(space.path),
+        num_samples=options.num_samples, space=space.recorded_as,
         distributions={p: distribution_to_json(d) for p, d in probed.distributions.items()},
     )
 

@@ -55,23 +55,25 @@ class SearchOptions:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        checks = {
-            "--num-samples": self.num_samples >= 1, "--max-epochs": self.max_epochs >= 1,
-            "--grace-period": 1 <= self.grace_period <= self.max_epochs,
-            "--reduction-factor": self.reduction_factor >= 2,
-            "--finalists": self.finalists >= 0,
-            "--cpus-per-trial": self.cpus_per_trial > 0,
-            "--gpus-per-trial": self.gpus_per_trial is None or self.gpus_per_trial >= 0,
-            "--max-concurrent": self.max_concurrent is None or self.max_concurrent >= 1,
-            "--max-failures": self.max_failures >= 0,
-            "--checkpoint-every": self.checkpoint_every >= 1,
-            "--sampler": self.sampler in ("tpe", "random"),
-            "--time-budget": self.time_budget is None or self.time_budget > 0,
+        checks = {  # flag: (in range, the range it must lie in)
+            "--num-samples": (self.num_samples >= 1, "at least 1"),
+            "--max-epochs": (self.max_epochs >= 1, "at least 1"),
+            "--grace-period": (1 <= self.grace_period <= self.max_epochs,
+                               f"1..{self.max_epochs}, the max epochs"),
+            "--reduction-factor": (self.reduction_factor >= 2, "at least 2: ASHA keeps 1/R of the trials at each rung"),
+            "--finalists": (self.finalists >= 0, "at least 0 (0: ASHA alone)"),
+            "--cpus-per-trial": (self.cpus_per_trial > 0, "above 0"),
+            "--gpus-per-trial": (self.gpus_per_trial is None or self.gpus_per_trial >= 0, "at least 0"),
+            "--max-concurrent": (self.max_concurrent is None or self.max_concurrent >= 1, "at least 1"),
+            "--max-failures": (self.max_failures >= 0, "at least 0"),
+            "--checkpoint-every": (self.checkpoint_every >= 1, "at least 1"),
+            "--sampler": (self.sampler in ("tpe", "random"), "tpe or random"),
+            "--time-budget": (self.time_budget is None or self.time_budget > 0, "above 0"),
         }
-        for flag, ok in checks.items():
+        for flag, (ok, allowed) in checks.items():
             if not ok:
                 value = getattr(self, flag[2:].replace("-", "_"))
-                raise ConfigError(f"{flag} {value} is out of range (grace period must lie in 1..max epochs)")
+                raise ConfigError(f"{flag} {value} is out of range: it must be {allowed}")
         gpus = self.gpus_per_trial
         if gpus is not None and gpus > 1 and gpus != int(gpus):
             # Ray shares a GPU only in fractions of one; above one it hands out whole GPUs.
