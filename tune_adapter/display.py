@@ -6,6 +6,7 @@ import math
 import os
 import statistics
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,6 +23,14 @@ def fit_console_to_terminal() -> None:
     process may run several, as tests do), else the terminal's own width."""
     columns = os.environ.get("COLUMNS", "")
     console.width = int(columns) if columns.isdigit() else None
+
+
+def shown_path(path) -> str:
+    """A path as short as it can be copied: relative to this folder when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def fail(message: str) -> None:

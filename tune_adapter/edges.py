@@ -104,22 +104,15 @@ def next_search(info: ExperimentInfo, trials: int, distributions: list[BaseDistr
 
 def widen_advice(space: str) -> str:
     """A shipped space is not the user's to edit: widen a copy of it instead."""
+    from .display import shown_path
     from .space import SHIPPED_DIR, recorded_space, shipped_spaces
 
     name = recorded_space(space) if space else ""
     if name in shipped_spaces() or (space and Path(space).resolve().parent == SHIPPED_DIR):
-        source = _shown(SHIPPED_DIR / f"{Path(name).stem}.py")
+        source = shown_path(SHIPPED_DIR / f"{Path(name).stem}.py")
         return (f"widen it in a copy of the space (cp {source} my_space.py) and add trials with "
                 f"tune-adapter search --space my_space.py")
     return f"widen it in the space file and add trials with tune-adapter search --space {space or 'SPACE'}"
-
-
-def _shown(path: Path) -> str:
-    """A path as short as it can be copied: relative to this folder when it lies below it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _plain(value):

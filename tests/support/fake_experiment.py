@@ -24,6 +24,9 @@ DISTRIBUTIONS = {
 }
 MAX_EPOCHS = 8
 RUNGS = (2, 4)
+# The search settings (SearchOptions' names) whose ASHA rungs below MAX_EPOCHS are RUNGS:
+# the finals rung (scheduler.finals_rung) is RUNGS[-1].
+SCHEDULER = {"grace_period": 2, "reduction_factor": 2}
 ERROR_TRIAL = 5
 ERROR_MESSAGE = "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory"
 
@@ -41,20 +44,36 @@ class FakeTrial:
 
 
 def write_fake_experiment(folder: Path, trials: int = 10, seed: int = 0,
-                          distributions=DISTRIBUTIONS, baseline: dict | None = None) -> list[FakeTrial]:
-    """`baseline`: trial 0's params, marked as the search's baseline and never stopped."""
+                          distributions=DISTRIBUTIONS, baseline: dict | None = None,
+                          finalists: int | None = None, search: dict | None = None) -> list[FakeTrial]:
+    """`baseline`: trial 0's params, marked as the search's baseline and never stopped.
+    `finalists`: as a search with finalists (scheduler.py): a trial that passes the last of
+    RUNGS waits there until every trial has been screened, then the best `finalists` of the
+    waiting ones (by val_l1 there) train to the end and the others end there as pruned.
+    `search`: what the description records as its extra["search"] (e.g. SCHEDULER and
+    finalists, as a search records its settings)."""
     rng = np.random.default_rng(seed)
     info = ExperimentInfo(name=Path(folder).name, params=list(distributions), max_epochs=MAX_EPOCHS,
                           num_samples=trials, space="default",
-                          distributions={k: distribution_to_json(d) for k, d in distributions.items()})
+                          distributions={k: distribution_to_json(d) for k, d in distributions.items()},
+                          extra={} if search is None else {"search": dict(search)})
     store = TrialStore(folder, info)
     made: list[FakeTrial] = []
+    wait_at = RUNGS[-1] if finalists is not None else None
     for number in range(trials):
         params = _sample(rng, distributions)
         is_baseline = baseline is not None and number == 0
         trial = FakeTrial(f"4c1d2_{number:05d}", {**params, **baseline} if is_baseline else params, "completed")
-        _run(store, trial, rng, made, fails=number == ERROR_TRIAL, baseline=is_baseline)
+        _run(store, trial, rng, made, fails=number == ERROR_TRIAL, baseline=is_baseline, wait_at=wait_at)
         made.append(trial)
+    if wait_at is not None:
+        waiting = sorted((t for t in made if t.status == "waiting"), key=lambda t: t.val_l1[wait_at - 1])
+        for trial in waiting[:finalists]:
+            trial.status = "completed"
+            _run(store, trial, rng, made, fails=False)  # on from the rung, to the end
+        for trial in waiting[finalists:]:
+            trial.status = "pruned"
+            store.record_end(trial.trial_id, trial.params, "pruned")
     return made
 
 
@@ -73,12 +92,14 @@ def _sample(rng, distributions) -> dict:
 
 
 def _run(store: TrialStore, trial: FakeTrial, rng, earlier: list[FakeTrial], fails: bool,
-         baseline: bool = False) -> None:
+         baseline: bool = False, wait_at: int | None = None) -> None:
+    """Trains the trial on from its last epoch; `wait_at`: a trial that passes this rung
+    stops there, status "waiting", still running in the store (the baseline goes on)."""
     p = trial.params
     lr_miss = math.log10(p.get("lr", 1e-3) / 1e-3)
     floor = 0.03 + 0.05 * lr_miss ** 2 + 0.02 * abs(p.get("audio_window", 5) - 5) / 2
     rate = 0.2 + 0.5 * min(1.0, p.get("lr", 1e-3) / 1e-3)
-    for epoch in range(1, MAX_EPOCHS + 1):
+    for epoch in range(len(trial.val_l1) + 1, MAX_EPOCHS + 1):
         val_l1 = (floor + (0.8 - floor) * math.exp(-rate * epoch)) * (1 + 0.02 * rng.standard_normal())
         trial.val_l1.append(val_l1)
         metrics = {"epoch": epoch, "train_loss": val_l1 * 0.95, "val_l1": val_l1,
@@ -96,6 +117,9 @@ def _run(store: TrialStore, trial: FakeTrial, rng, earlier: list[FakeTrial], fai
         if epoch in RUNGS and not baseline and _below_median(trial, epoch, earlier):
             trial.status = "pruned"
             store.record_end(trial.trial_id, p, "pruned")
+            return
+        if epoch == wait_at and not baseline:
+            trial.status = "waiting"
             return
     store.record_end(trial.trial_id, p, "completed")
 

@@ -43,7 +43,7 @@ def search(
     top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
 ):
     """Search hyperparameters with Ray Tune (Optuna samples, ASHA stops weak trials)."""
-    from ..display import console
+    from ..display import console, shown_path
     from ..results import TRIALS_FILE, open_experiment, read_trials
     from ..search import resolve_options, run_search
     from ..search.live import top_trials_table
@@ -74,7 +74,7 @@ def search(
         console.print(f"[yellow]stopped with {outcome.finished} of {outcome.num_samples} trials finished: "
                       f"continue with the same command plus --resume")
         raise typer.Exit(1)
-    console.print(f"results: {folder}/trials.parquet, epochs.parquet", soft_wrap=True)
+    console.print(f"results: {shown_path(folder)}/trials.parquet, epochs.parquet", soft_wrap=True)
 
 
 def search_space_of(storage: Path, name: str | None, continue_search: bool) -> str:

@@ -75,7 +75,7 @@ def describe_start(config: TrainConfig, data) -> str:
 def synth(
     out: Annotated[Path, typer.Option(help="Folder for clips/, train.json, val.json")],
     dims: Annotated[str, typer.Option(help="tiny or infinitetalk")] = "tiny",
-    layout: Annotated[str, typer.Option(help="frame ([T, K, D] targets) or latent ([n_lat, K, D])")] = "frame",
+    layout: Annotated[str, typer.Option(help="frame ([T, K, D] targets) or latent (\\[n_lat, K, D])")] = "frame",
     train_clips: int = 160,
     val_clips: int = 32,
     min_frames: int = 21,
@@ -118,7 +118,7 @@ def extract(
     wav2vec_dir: Annotated[Path, typer.Option(help="Local wav2vec2 folder, e.g. weights/chinese-wav2vec2-base")],
     teacher: Annotated[Path, typer.Option(help="InfiniteTalk weights holding audio_proj.*, e.g. weights/InfiniteTalk/single/infinitetalk.safetensors")],
     out: Annotated[Path, typer.Option(help="Dataset folder: clips/, train.json (val.json)")],
-    layout: Annotated[str, typer.Option(help="latent ([n_lat, K, D] tokens, as InfiniteTalk emits) or frame ([T, K, D])")] = "latent",
+    layout: Annotated[str, typer.Option(help="latent (\\[n_lat, K, D] tokens, as InfiniteTalk emits) or frame ([T, K, D])")] = "latent",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     val_fraction: Annotated[Optional[float], typer.Option(help="Also write val.json with this fraction of clips (by path hash)")] = None,
 ):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..display import shown_path
 from ..edges import edge_warnings
 from ..results import baseline_verdict, start_gain, start_line
 from ..study_trials import is_missing
@@ -127,9 +128,11 @@ def _top_table(experiment: Experiment) -> str:
         gain = start_gain(row)
         cells.append(_td(f"{-gain:+.1%}" if gain is not None else None))
         lines.append(f"<tr class='result {_e(classes)}'>" + "".join(cells) + "</tr>")
-        # The path gets a row of its own: it is long, and people copy it whole.
+        # The path gets a row of its own: it is long, and people copy it whole. Below the
+        # working folder it is shown relative to it, as the search prints it.
+        checkpoint = _text(row["best_checkpoint"])
         lines.append(f"<tr class='checkpoint {_e(classes)}'><td></td><td colspan='{len(head) - 1}'>"
-                     f"checkpoint: {_e(_text(row['best_checkpoint']) or '–')}</td></tr>")
+                     f"checkpoint: {_e(shown_path(checkpoint) if checkpoint else '–')}</td></tr>")
     lines.append("</tbody></table>")
     shown = f"best {min(len(top), TOP_TRIALS)} of {len(ranked)} trials with a val_l1"
     return "\n".join(lines) + f"<p class='caption'>{_e(shown)}, ranked by best val_l1.</p>"
@@ -167,7 +170,8 @@ def _parallel(image: bytes | None) -> str:
 
 
 def _importances(figures: Figures, importances: Importances, epoch_importances: Importances | None) -> str:
-    """fANOVA's (completed trials) and PED-ANOVA's (one epoch, pruned trials too) side by side."""
+    """fANOVA's (the finals rung, pruned trials too) and PED-ANOVA's (one epoch, pruned
+    trials too) side by side."""
     if epoch_importances is None:
         return _importance(figures.importance, importances)
     return ("<div class='pair'>"

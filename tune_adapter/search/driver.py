@@ -79,8 +79,11 @@ def prepare_data(options: SearchOptions) -> TrainData:
 
 
 def search_record(options: SearchOptions, sources: dict) -> dict:
-    """What a later `confirm` needs to train as this search's trials did (ExperimentInfo.extra)."""
+    """What a later `confirm` needs to train as this search's trials did, and the report to
+    find the finals rung (ExperimentInfo.extra)."""
     return {"data": sources, "mixed_precision": options.mixed_precision,
+            "grace_period": options.grace_period, "reduction_factor": options.reduction_factor,
+            "finalists": options.finalists,
             "checkpoint_every": options.checkpoint_every, "cpus_per_trial": options.cpus_per_trial,
             "gpus_per_trial": options.gpus_per_trial, "max_concurrent": options.max_concurrent,
             "max_failures": options.max_failures, "time_budget": options.time_budget}

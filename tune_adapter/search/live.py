@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 from ray.tune import Callback
 
+from ..display import shown_path
 from ..fit_table import Column, FitTable, format_number
 from ..results import ExperimentInfo, baseline_verdict, start_line
 from ..results_table import metric, param_columns, whole
@@ -112,7 +112,7 @@ def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> G
         # pandas reads a missing string as NaN, which is truthy: only a str is a value here.
         where = next((v for v in (row["best_checkpoint"], row["error"]) if isinstance(v, str) and v),
                      "no checkpoint kept")
-        paths.append(f"#{rank} {row['trial_id']}: {short_path(where)}\n")
+        paths.append(f"#{rank} {row['trial_id']}: {shown_path(where)}\n")
     lines = [baseline_verdict(ranked), start_line(ranked.iloc[0]) if len(ranked) else None]
     table = FitTable(columns, title=title, hidden_hint="tune-adapter results --wide shows them")
     return Group(table, paths, *(Text(line) for line in lines if line))
@@ -122,9 +122,3 @@ def _is_baseline(row: dict) -> bool:
     return bool(row.get("baseline", False))
 
 
-def short_path(path: str) -> str:
-    """Relative to the working folder when below it: what a user would type."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
