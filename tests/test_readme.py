@@ -120,7 +120,9 @@ def test_the_tour_runs_as_written(tmp_path, monkeypatch, local_ray):
         assert code == 0, f"README command failed: {command}\n{output}"
         ran.append(command)
     assert ran[0] == "tune-adapter search" and len(ran) >= 15
+    assert (tmp_path / "results" / "synth" / "train.json").is_file()  # the quickstart's data, made once
     assert (tmp_path / "results" / "default" / "report.html").is_file()
+    assert list(tmp_path.glob("results/*/export/audio_proj.safetensors"))  # best --export, the latest
 
 
 @pytest.mark.skipif(shutil.which("hf") is None, reason="hf comes with the [extract] extra's huggingface-hub")

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from tune_adapter.data import load_data
 from tune_adapter.export import load_exported
-from tune_adapter.results import read_epochs, read_info, read_trials
+from tune_adapter.results import read_info, read_trials
 from tune_adapter.trainer import evaluate_pack
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.space import SHIPPED_DIR
@@ -128,17 +128,6 @@ def test_a_failing_trial_is_retried_then_recorded(tmp_path, synth_small):
         assert run["scalars"]["hparams/last_epoch"][1] == row["epochs"]
         if row["status"] != "error":
             assert run["scalars"]["hparams/best_val_l1"][1] == pytest.approx(row["best_val_l1"])
-
-
-@pytest.mark.slow
-def test_default_space_runs_on_the_quickstart_data(tmp_path):
-    """No --manifest: the synthetic dataset is made once under the storage folder."""
-    opts = SearchOptions(space=SHIPPED_DIR / "default.py", storage=tmp_path / "results",
-                         num_samples=2, max_epochs=1, grace_period=1, quiet=True)
-    outcome = run_search(opts)
-    assert outcome.complete
-    assert (tmp_path / "results" / "synth" / "train.json").is_file()
-    assert len(read_epochs(outcome.experiment_dir).query("epoch >= 1")) == 2
 
 
 @pytest.mark.slow
