@@ -239,3 +239,46 @@ def test_a_file_without_an_adapter_is_refused(tmp_path, audio_dir, wav2vec_dir):
                                  "--teacher", str(tmp_path / "not_infinitetalk.safetensors"),
                                  "--out", str(tmp_path / "data")])
     assert result.exit_code == 2 and "no audio_proj" in result.stderr
+
+
+def test_pack_out_writes_the_packs_that_the_tensor_files_make_and_resumes(tmp_path, audio_dir, wav2vec_dir,
+                                                                         teacher, monkeypatch):
+    """--pack-out: the same rows as extracting to files and packing them, stored in half
+    precision; a run stopped part way continues where it stopped, rows unchanged."""
+    import tune_adapter.extract as extract_module
+    from tune_adapter.data import load_pack_dir
+
+    files = extract(config_for(audio_dir, wav2vec_dir, teacher, tmp_path / "files", val_fraction=0.3))
+    expected = load_data(files.manifests["train"], files.manifests["val"])
+    real_tokens, calls = extract_module.teacher_tokens, []
+
+    def stop_at_the_second_clip(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_tokens(*args)
+
+    monkeypatch.setattr(extract_module, "teacher_tokens", stop_at_the_second_clip)
+    packs = tmp_path / "packs"
+    config = ExtractConfig(audio_dir, wav2vec_dir, teacher[0], packs, device="cpu", val_fraction=0.3, pack_out=packs)
+    with pytest.raises(KeyboardInterrupt):
+        extract(config)
+    assert not (packs / "train").exists()
+    monkeypatch.setattr(extract_module, "teacher_tokens", real_tokens)
+    resumed = extract(config)
+    assert len(resumed.resumed) == 1 and len(resumed.extracted) == 2
+    data = load_pack_dir(packs)
+    assert data.train.audio.dtype == torch.bfloat16 and len(data.val) >= 1
+
+    def clips(*packs):
+        """{wav name: its audio rows} over packs (the two flows may split them apart otherwise)."""
+        found = {}
+        for p in packs:
+            for k, name in enumerate(p.names):
+                rows = torch.arange(int(p.audio_offsets[k]), int(p.audio_offsets[k] + p.frames[k]))
+                found[name.removeprefix("clips/").replace(".audio.pt", ".wav")] = p.take_audio(rows)
+        return found
+
+    got, want = clips(data.train, data.val), clips(expected.train, expected.val)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert extract(config).resumed  # a finished pack: nothing to do

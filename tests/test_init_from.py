@@ -242,7 +242,7 @@ def test_released_start_between_random_init_and_teacher(synth_small):
     from tune_adapter.trainer import evaluate_pack
 
     dims = SynthSpec().adapter_dims()
-    val = load_data(synth_small["val"], synth_small["val"]).val
+    val = load_data(synth_small["val"], synth_small["val"], pack_dtype="float32").val  # the teacher exactly
     released = AudioProjModel(dims)
     load_initial_adapter(released, read_initial_adapter(synth_small["released"]))
     torch.manual_seed(0)  # the trainer's seeded init

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 import os
 import statistics
 import sys
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .data import PackedClips
+from .data.shards import DTYPE_NAMES
 
 console = Console()
 FPS = 25
@@ -104,11 +106,24 @@ def pack_summary(pack: PackedClips, title: str) -> Table:
         ("audio L x C", f"{shapes.layers} x {shapes.channels}"),
         ("tokens K x D", f"{shapes.tokens} x {shapes.token_dim}"),
         ("weights", f"min {min(weights):g}, mean {statistics.fmean(weights):g}, max {max(weights):g}"),
+        ("stored", f"audio {DTYPE_NAMES[pack.audio.dtype]}, targets {DTYPE_NAMES[pack.targets.dtype]}"
+                   f" ({len(pack.targets)} distinct rows); {len(pack.audio.parts)} shard(s), "
+                   f"{pack.stored_bytes / 2**20:.1f} MiB, {pack.stored_bytes / max(sum(frames), 1):.0f} "
+                   "bytes per video frame"),
         ("pack", str(pack.root)),
     ]
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+@contextmanager
+def pack_progress(clips: int):
+    """A bar over the clips being validated and packed; yields the callback a clip advances."""
+    with Progress(TextColumn("packing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("pack", total=clips)
+        yield lambda: bar.advance(task)
 
 
 def bench_table(report) -> Table:

@@ -3,7 +3,9 @@
 Per WAV: InfiniteTalk's audio preparation (`audio_io`), its wav2vec2 embeddings
 (`wav2vec`), then its released adapter over the windows (`teacher`). Each clip's two files
 are written atomically, tokens last, so a clip whose tokens exist is finished and a rerun
-skips it. The settings are recorded in `extract.json`; a rerun with other settings is
+skips it. With `--pack-out`, the clips go straight into the training and validation packs
+instead (no tensor files, no float32 copy), which a rerun continues (data/pack.py's
+PackBuilder). The settings are recorded in `extract.json`; a rerun with other settings is
 refused rather than mixing two teachers' tokens in one dataset.
 """
 
@@ -19,7 +21,7 @@ import torch
 from .adapter import AdapterDims
 from .atomic import atomic_write
 from .audio_io import AudioError, load_speech
-from .data.manifest import ClipEntry, split_validation
+from .data.manifest import ClipEntry, held_out, split_validation
 from .errors import ConfigError, DataError
 from .runtime import resolve_device
 from .teacher import LAYOUTS, load_teacher, read_adapter_tensors, teacher_tokens
@@ -39,6 +41,8 @@ class ExtractConfig:
     layout: str = "latent"
     device: str = "auto"
     val_fraction: float | None = None
+    pack_out: Path | None = None  # write packs here instead of tensor files under `out`
+    pack_dtype: str = "half"
 
 
 @dataclass
@@ -87,17 +91,20 @@ def check_settings(config: ExtractConfig, dims: AdapterDims) -> None:
     """Record this run's settings; refuse to continue a folder made with other ones."""
     settings = {"wav2vec_dir": str(config.wav2vec_dir.resolve()), "teacher": str(config.teacher.resolve()),
                 "layout": config.layout, "teacher_dims": dims.to_json()}
-    path = config.out / SETTINGS_FILE
+    if config.pack_out is not None:  # a rerun must pack and split as the first run did
+        settings.update(pack_dtype=config.pack_dtype, val_fraction=config.val_fraction)
+    folder = config.pack_out or config.out
+    path = folder / SETTINGS_FILE
     if path.is_file():
         before = json.loads(path.read_text())
         changed = [k for k in settings if before.get(k) != settings[k]]
         if changed:
             raise ConfigError(
-                f"{config.out} was extracted with other settings ({', '.join(changed)}: "
+                f"{folder} was extracted with other settings ({', '.join(changed)}: "
                 f"{', '.join(str(before.get(k)) for k in changed)}): use another --out or the same flags"
             )
         return
-    config.out.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: p.write_text(json.dumps(settings, indent=1)))
 
 
@@ -115,6 +122,8 @@ def extract(config: ExtractConfig, progress: ExtractProgress | None = None) -> E
     check_settings(config, teacher.dims)
     result = ExtractResult(teacher.dims)
     progress.started(len(wavs), teacher.dims)
+    if config.pack_out is not None:
+        return extract_to_packs(config, wavs, encoder, teacher, result, progress)
     done: list[ClipFiles] = []
     for wav in wavs:
         clip = clip_files(config.audio_dir, wav)
@@ -146,6 +155,52 @@ def extract_clip(clip: ClipFiles, config: ExtractConfig, encoder, teacher) -> No
     (config.out / clip.audio).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(config.out / clip.audio, lambda p: torch.save(audio, p))
     atomic_write(config.out / clip.target, lambda p: torch.save(tokens, p))
+
+
+def extract_to_packs(config: ExtractConfig, wavs: list[Path], encoder, teacher, result: ExtractResult,
+                     progress: ExtractProgress) -> ExtractResult:
+    """Every clip straight into `--pack-out`'s train/ and val/ packs (split by path hash),
+    each built in a folder a rerun continues, published when every WAV is done."""
+    from .data import split_roots
+    from .data.pack import INDEX_FILE, PackBuilder, publish
+    from .data.shards import PACK_DTYPES
+
+    roots = dict(zip(("train", "val"), split_roots(config.pack_out)))
+    if all((root / INDEX_FILE).is_file() for root in roots.values()):
+        result.resumed = [clip_files(config.audio_dir, wav).name for wav in wavs]
+        result.manifests = roots
+        return result
+    fraction = 0.1 if config.val_fraction is None else config.val_fraction
+    builders = {split: PackBuilder(root.parent / f".building-{split}", PACK_DTYPES[config.pack_dtype])
+                for split, root in roots.items()}
+    finished = set().union(*(b.names for b in builders.values()))
+    held = held_out([clip_files(config.audio_dir, wav).name for wav in wavs], fraction)
+    for position, wav in enumerate(wavs):
+        clip = clip_files(config.audio_dir, wav)
+        if clip.name in finished:
+            result.resumed.append(clip.name)
+            progress.clip_done(clip.name, "resumed")
+            continue
+        try:
+            audio = frame_embeddings(load_speech(clip.wav), encoder)
+        except AudioError as exc:
+            result.skipped.append((clip.name, str(exc)))
+            progress.clip_done(clip.name, "skipped")
+            continue
+        split = "val" if clip.name in held else "train"
+        entry = ClipEntry(position, wav, wav, 1.0, clip.name, config.pack_out / SETTINGS_FILE)
+        builders[split].add(entry, audio, teacher_tokens(teacher, audio, config.layout))
+        result.extracted.append(clip.name)
+        progress.clip_done(clip.name, "extracted")
+    for split, builder in builders.items():
+        if not builder.clips:
+            raise DataError(f"--val-fraction {fraction} left no clip of {config.audio_dir} for {split}: "
+                            "add WAV files or change --val-fraction, then run the same command again")
+    for split, builder in builders.items():
+        builder.finish()
+        publish(builder.folder, roots[split])
+    result.manifests = roots
+    return result
 
 
 def write_manifests(clips: list[ClipFiles], config: ExtractConfig) -> dict[str, Path]:

@@ -20,7 +20,7 @@ def test_relative_paths_resolve_against_the_manifest_folder(synth_small, tmp_pat
 
 def test_pack_is_reused_and_not_rebuilt(synth_small, monkeypatch):
     first = load_data(synth_small["train"], synth_small["val"])
-    stamp = (first.train.root / "audio.f32").stat().st_mtime_ns
+    stamp = (first.train.root / "index.json").stat().st_mtime_ns
 
     def no_rebuild(*args):
         raise AssertionError("pack rebuilt")
@@ -28,7 +28,7 @@ def test_pack_is_reused_and_not_rebuilt(synth_small, monkeypatch):
     monkeypatch.setattr(pack_module, "_write_pack", no_rebuild)
     again = load_data(synth_small["train"], synth_small["val"])
     assert again.train.root == first.train.root
-    assert (again.train.root / "audio.f32").stat().st_mtime_ns == stamp
+    assert (again.train.root / "index.json").stat().st_mtime_ns == stamp
 
 
 def _copy_dataset(src_manifest, folder):
@@ -75,12 +75,18 @@ def mapped_file(tensor: torch.Tensor) -> str | None:
 
 def test_pack_is_memory_mapped(synth_small):
     pack = load_data(synth_small["train"], synth_small["val"]).train
-    assert mapped_file(pack.audio) == str(pack.root / "audio.f32")
-    assert mapped_file(pack.targets) == str(pack.root / "targets.f32")
+    assert mapped_file(pack.audio.parts[0]) == str(pack.root / "shards" / "00000.audio")
+    assert mapped_file(pack.targets.parts[0]) == str(pack.root / "shards" / "00000.targets")
 
 
+@pytest.mark.parametrize("pack_dtype", ["float32", "half"])
 @pytest.mark.parametrize("W,S,layout", [(5, 4, "frame"), (3, 2, "frame"), (7, 4, "latent")])
-def test_batches_equal_each_clip_computed_directly(tmp_path, W, S, layout):
+def test_batches_equal_each_clip_computed_directly(tmp_path, W, S, layout, pack_dtype):
+    """Exact, in float32 and in half precision: the stored values are the clip's rounded to
+    bf16 (audio) and fp16 (targets), and a batch holds them exactly."""
+    from tune_adapter.data.shards import PACK_DTYPES
+
+    dtypes = PACK_DTYPES[pack_dtype]
     gen = torch.Generator().manual_seed(1)
     entries, clips = [], []
     for i, frames in enumerate([6, 1, 23, 13]):
@@ -88,9 +94,10 @@ def test_batches_equal_each_clip_computed_directly(tmp_path, W, S, layout):
         rows = frames if layout == "frame" else 1 + -(-(frames - 1) // S)
         target = torch.randn(rows, 4, 5, generator=gen)
         entries.append(write_clip(tmp_path, f"c{i}", audio, target))
-        clips.append((audio, target))
+        clips.append((audio.to(dtypes["audio"]).float(), target.to(dtypes["targets"]).float()))
     manifest = write_manifest(tmp_path, entries)
-    pack = load_data(manifest, manifest).train
+    pack = load_data(manifest, manifest, pack_dtype=pack_dtype, shard_bytes=200).train
+    assert pack.audio.dtype == dtypes["audio"] and len(pack.audio.parts) > 1  # several shards
     spec = WindowSpec(W, S)
     batch = BatchGatherer(pack, spec, layout)[[2, 0, 3, 1]]
     for b, i in enumerate([2, 0, 3, 1]):

@@ -257,3 +257,7 @@ def test_a_continue_on_other_data_or_epochs_is_refused():
     other = {"search": {"data": dict(data, manifest="/e/train.json")}}
     with pytest.raises(ConfigError, match="--manifest: default was searched on /d/train.json"):
         check_same_task(earlier, ExperimentInfo(name="default", params=[], max_epochs=10, extra=other))
+    # A search from before packs had dtypes was packed in float32: a half-precision continue is refused.
+    half = {"search": {"data": dict(data, pack_dtype="half")}}
+    with pytest.raises(ConfigError, match="--pack-dtype: default was searched on float32, not half"):
+        check_same_task(earlier, ExperimentInfo(name="default", params=[], max_epochs=10, extra=half))

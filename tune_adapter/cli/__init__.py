@@ -4,9 +4,9 @@ from .app import app, user_errors
 from .benchmarks import bench
 from .experiments import best, confirm, export, report, results, search
 from .spaces import spaces
-from .training import check, extract, synth, train
+from .training import check, extract, pack, synth, train
 
-for command in (train, synth, check, spaces, search, confirm, extract, results, best, export, report, bench):
+for command in (train, synth, check, pack, spaces, search, confirm, extract, results, best, export, report, bench):
     app.command()(user_errors(command))
 
 

@@ -68,6 +68,14 @@ CacheDir = Annotated[
     typer.Option(help="Packed-cache folder [default: $TUNE_ADAPTER_CACHE or ~/.cache/tune-adapter/packs]"),
 ]
 ValManifest = Annotated[Optional[Path], typer.Option(help="Validation manifest")]
+DataDir = Annotated[
+    Optional[Path],
+    typer.Option("--data", metavar="DIR", help="A dataset packed by tune-adapter pack (instead of --manifest)"),
+]
+PackDtype = Annotated[
+    str,
+    typer.Option(help="How a manifest's clips are packed: half (audio bf16, targets fp16) or float32 (exact)"),
+]
 ValFraction = Annotated[
     Optional[float],
     typer.Option(help="Hold out this fraction of --manifest by path hash [default: 0.1]"),

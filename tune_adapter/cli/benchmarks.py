@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -21,10 +21,13 @@ def bench(
     asha: Annotated[bool, typer.Option("--asha", help="Instead: ASHA against the same trials unpruned")] = False,
     quality: Annotated[bool, typer.Option("--quality", help="Instead: the default search against random search, the guide's defaults and a grid, on 4 synthetic tasks")] = False,
     confirm: Annotated[bool, typer.Option("--confirm", help="Instead: on the --quality tasks, how often `confirm` keeps the search's winner")] = False,
-    seeds: Annotated[int, typer.Option(help="--quality, --confirm: search seeds per task")] = 3,
+    pack_quality: Annotated[bool, typer.Option("--pack-quality", help="Instead: on the --quality tasks, float32 packs against half precision and shard windows")] = False,
+    seeds: Annotated[int, typer.Option(help="--quality, --confirm, --pack-quality: search seeds per task")] = 3,
     faults: Annotated[bool, typer.Option("--faults", help="Instead: kill tiny searches at many moments, resume, check the records")] = False,
+    data: Annotated[bool, typer.Option("--data", help="Instead: epochs on a pack larger than memory (a cgroup cap) against the disk's bandwidth; root drops the page cache")] = False,
+    size: Annotated[float, typer.Option(help="--data: the synthetic pack's size, GB (written under --work-dir, then removed)")] = 4.0,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
-    trials: Annotated[int, typer.Option(help="--search: InfiniteTalk-sized trials, two at a time (16: a default search's size)")] = 16,
+    trials: Annotated[Optional[int], typer.Option(help="--search: InfiniteTalk-sized trials, two at a time [16: a default search's size]; --data: runs of 1 to N trials at once [2]")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
 ):
     """Time the trainer against its floor and a straightforward trainer; report RSS and padding.
@@ -43,6 +46,13 @@ def bench(
             results = bench_quality(work_dir / "quality", SHIPPED_DIR, seeds=seeds)
         console.print(sections_table("tune-adapter bench: search quality", quality_sections(results)))
         return
+    if pack_quality:
+        from ..bench.pack_quality import bench_pack_quality, pack_quality_sections
+
+        with console.status("benchmarking: pack formats (fixed trainings and searches per task and setting)"):
+            results = bench_pack_quality(work_dir / "pack_quality", SHIPPED_DIR, seeds=seeds)
+        console.print(sections_table("tune-adapter bench: pack formats", pack_quality_sections(results)))
+        return
     if confirm:
         from ..bench.confirm import bench_confirm, confirm_sections
 
@@ -53,13 +63,16 @@ def bench(
     if faults:
         bench_faults_command(work_dir)
         return
+    if data:
+        bench_data_command(work_dir, size, 2 if trials is None else trials)
+        return
     if search or asha:
         from ..bench.asha import bench_asha
         from ..bench.search import bench_search
 
         if search:
             what = "search cost"
-            run = partial(bench_search, work_dir, space_path("bench"), trials=trials,
+            run = partial(bench_search, work_dir, space_path("bench"), trials=16 if trials is None else trials,
                           checkpoint_every=checkpoint_every)
         else:
             what = "ASHA against no pruning"
@@ -93,3 +106,14 @@ def bench_faults_command(work_dir: Path) -> None:
     console.print(f"experiments: {search.storage}", soft_wrap=True)
     if not all(o.ok(search) for o in outcomes):
         raise typer.Exit(1)
+
+
+def bench_data_command(work_dir: Path, size: float, trials: int) -> None:
+    """--data: a synthetic pack larger than a memory cap, read by 1..N trials at once."""
+    from ..bench.data import DataBenchSpec, bench_data, data_sections
+    from ..display import console, sections_table
+
+    spec = DataBenchSpec(size_gb=size, trials=tuple(range(1, trials + 1)))
+    with console.status("benchmarking: data reading") as status:
+        result = bench_data(work_dir, spec, progress=lambda what: status.update(f"benchmarking: {what}"))
+    console.print(sections_table(f"tune-adapter bench: data ({size:g} GB pack)", data_sections(result)))

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UserError
 from ..search.options import SHARED_GPU, SearchOptions
-from .app import DEFAULT_VALUE, CacheDir, Experiment, ValFraction, ValManifest
+from .app import DEFAULT_VALUE, CacheDir, DataDir, Experiment, PackDtype, ValFraction, ValManifest
 
 
 def search(
@@ -17,6 +17,10 @@ def search(
     manifest: Annotated[Optional[Path], typer.Option(help="Training manifest [default: a synthetic dataset under --storage]")] = None,
     val_manifest: ValManifest = None,
     val_fraction: ValFraction = None,
+    data: DataDir = None,
+    pack_dtype: PackDtype = "half",
+    shard_mb: Annotated[float, typer.Option(help="A manifest is packed in shards of about this many MiB")] = SearchOptions.shard_mb,
+    shuffle_window: Annotated[int, typer.Option(help="Shards whose clips a trial shuffles together (0: the whole pack)")] = SearchOptions.shuffle_window,
     num_samples: Annotated[Optional[int], typer.Option(help=f"Trials [space's NUM_SAMPLES, else {SearchOptions.num_samples}]")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of a trial that ASHA keeps [MAX_EPOCHS, else {SearchOptions.max_epochs}]")] = None,
     grace_period: Annotated[Optional[int], typer.Option(help=f"Epochs before ASHA may stop a trial [GRACE_PERIOD, else {SearchOptions.grace_period}]")] = None,
@@ -53,7 +57,8 @@ def search(
     space_file = load_space(space)
     options = resolve_options(
         space_file.defaults, space=space_file.path, continue_search=continue_search,
-        warm_start=tuple(warm_start or ()), time_budget=time_budget, manifest=manifest, val_manifest=val_manifest,
+        warm_start=tuple(warm_start or ()), time_budget=time_budget, manifest=manifest, val_manifest=val_manifest, data=data, pack_dtype=pack_dtype,
+        shard_mb=shard_mb, shuffle_window=shuffle_window,
         val_fraction=val_fraction, num_samples=num_samples, max_epochs=max_epochs,
         grace_period=grace_period, reduction_factor=reduction_factor, finalists=finalists,
         cpus_per_trial=cpus_per_trial,

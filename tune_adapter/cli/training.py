@@ -10,31 +10,33 @@ import typer
 
 from ..config import TrainConfig
 from ..errors import UserError
-from .app import CacheDir, ValFraction, ValManifest
+from .app import CacheDir, DataDir, PackDtype, ValFraction, ValManifest
 from .config_flags import config_flags
 
 
 @config_flags(TrainConfig)
 def train(
     *,
-    manifest: Annotated[Path, typer.Option(help="Training manifest (JSON list of clips)")],
     output_dir: Annotated[Path, typer.Option(help="Checkpoints and metrics go here")],
+    manifest: Annotated[Optional[Path], typer.Option(help="Training manifest (JSON list of clips)")] = None,
     val_manifest: ValManifest = None,
     val_fraction: ValFraction = None,
+    data: DataDir = None,
     config: TrainConfig,  # a flag per field, here: config.py states their defaults and help
     resume: Annotated[Optional[Path], typer.Option(help="Checkpoint folder, or a run's --output-dir")] = None,
     cache_dir: CacheDir = None,
+    pack_dtype: PackDtype = "half",
 ):
     """Train one adapter (the seed guide's trainer)."""
     from ..checkpoint import latest_checkpoint
-    from ..data import load_data
+    from ..data import load_training_data
     from ..display import TrainProgressBar, console
     from ..runtime import resolve_device
     from ..trainer import train as run_training
 
     resolve_device(config.device)
     resume_from = latest_checkpoint(resume) if resume is not None else None
-    data = load_data(manifest, val_manifest, val_fraction, cache_dir)
+    data = load_training_data(manifest, val_manifest, val_fraction, cache_dir, pack_dtype, data)
     if config.init_from:
         console.print(describe_start(config, data), soft_wrap=True)  # refuses a mismatch first
     console.print(
@@ -102,27 +104,57 @@ def synth(
 def check(
     manifest: Annotated[Path, typer.Argument(help="Manifest to validate")],
     cache_dir: CacheDir = None,
+    pack_dtype: PackDtype = "half",
 ):
     """Validate a manifest's clips, pack them, and summarise them."""
     from ..data import pack_manifest, read_manifest
-    from ..display import console, pack_summary
+    from ..display import console, pack_progress, pack_summary
 
     entries = read_manifest(manifest)
-    with console.status(f"validating {len(entries)} clips"):
-        pack = pack_manifest(entries, str(manifest), cache_dir)
+    with pack_progress(len(entries)) as advance:
+        pack = pack_manifest(entries, str(manifest), cache_dir, pack_dtype, progress=advance)
     console.print(pack_summary(pack, f"{manifest}: valid"))
+
+
+def pack(
+    manifest: Annotated[Path, typer.Option(help="Training manifest (JSON list of clips)")],
+    out: Annotated[Path, typer.Option(help="The folder to write: train/ and val/ packs, for --data")],
+    val_manifest: ValManifest = None,
+    val_fraction: ValFraction = None,
+    pack_dtype: PackDtype = "half",
+    shard_mb: Annotated[float, typer.Option(help="Shards of at most about this many MiB")] = 256.0,
+):
+    """Validate a dataset and pack it once, into a folder that search, train and confirm take (--data)."""
+    from ..data import pack_manifests, split_entries, split_roots
+    from ..display import console, pack_progress, pack_summary
+
+    if not shard_mb > 0:
+        raise UserError(f"--shard-mb {shard_mb} is out of range: it must be above 0")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty: give a new folder (a pack is never written over)")
+    splits = split_entries(manifest, val_manifest, val_fraction)
+    with pack_progress(sum(len(entries) for entries, _ in splits)) as advance:
+        packs = pack_manifests(splits, pack_dtype=pack_dtype, roots=list(split_roots(out)),
+                               shard_bytes=int(shard_mb * 2**20), progress=advance)
+    for split, packed in zip(("training", "validation"), packs):
+        console.print(pack_summary(packed, f"{out}: {split}"))
+    console.print(f"packed: {out} (use it with --data {out})", soft_wrap=True)
 
 
 def extract(
     audio_dir: Annotated[Path, typer.Option(help="Folder of speech .wav files (subfolders too)")],
     wav2vec_dir: Annotated[Path, typer.Option(help="Local wav2vec2 folder, e.g. weights/chinese-wav2vec2-base")],
     teacher: Annotated[Path, typer.Option(help="InfiniteTalk weights holding audio_proj.*, e.g. weights/InfiniteTalk/single/infinitetalk.safetensors")],
-    out: Annotated[Path, typer.Option(help="Dataset folder: clips/, train.json (val.json)")],
+    out: Annotated[Optional[Path], typer.Option(help="Dataset folder: clips/, train.json (val.json)")] = None,
     layout: Annotated[str, typer.Option(help="latent (\\[n_lat, K, D] tokens, as InfiniteTalk emits) or frame ([T, K, D])")] = "latent",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    val_fraction: Annotated[Optional[float], typer.Option(help="Also write val.json with this fraction of clips (by path hash)")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Also write val.json with this fraction of clips (by path hash) [with --pack-out: 0.1]")] = None,
+    pack_out: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Instead of --out: write the clips straight into packs for --data (train/, val/); a rerun continues")] = None,
+    pack_dtype: PackDtype = "half",
 ):
-    """WAV files -> InfiniteTalk's wav2vec2 frame embeddings + its adapter's tokens, and manifests."""
+    """WAV files -> InfiniteTalk's wav2vec2 frame embeddings + its adapter's tokens, and manifests (or packs)."""
+    if (out is None) == (pack_out is None):
+        raise UserError("give --out DIR (tensor files and manifests) or --pack-out DIR (packs for --data), one of them")
     try:
         from ..extract import ExtractConfig, extract as run_extract
         from ..extract_view import ExtractProgressBar, extract_summary, skipped_table
@@ -135,8 +167,9 @@ def extract(
     from ..display import console
 
     quiet_transformers()
-    config = ExtractConfig(audio_dir=audio_dir, wav2vec_dir=wav2vec_dir, teacher=teacher, out=out,
-                           layout=layout, device=device, val_fraction=val_fraction)
+    config = ExtractConfig(audio_dir=audio_dir, wav2vec_dir=wav2vec_dir, teacher=teacher, out=out or pack_out,
+                           layout=layout, device=device, val_fraction=val_fraction, pack_out=pack_out,
+                           pack_dtype=pack_dtype)
     with ExtractProgressBar() as bar:
         result = run_extract(config, bar)
     console.print(extract_summary(result))

@@ -12,7 +12,9 @@ from pathlib import Path
 from ..errors import DataError
 from .batches import Batch, BatchGatherer
 from .manifest import ClipEntry, read_manifest, split_validation
-from .pack import PackedClips, default_cache_root, open_pack, pack_manifest, pack_manifests
+from .pack import (PackedClips, default_cache_root, open_pack, pack_manifest, pack_manifests, read_index,
+                   verify_pack)
+from .shards import SHARD_BYTES
 from .sampler import BatchSampler, padded_fraction
 
 
@@ -27,23 +29,62 @@ def load_data(
     val_manifest: str | Path | None = None,
     val_fraction: float | None = None,
     cache_root: Path | None = None,
+    pack_dtype: str = "half",
+    shard_bytes: int = SHARD_BYTES,
 ) -> TrainData:
     """Validate and pack the clips; with neither val option, 10% are held out by path hash."""
+    splits = split_entries(manifest, val_manifest, val_fraction)
+    train_pack, val_pack = pack_manifests(splits, cache_root, pack_dtype, shard_bytes=shard_bytes)
+    return TrainData(train=train_pack, val=val_pack)
+
+
+def load_training_data(manifest: Path | None, val_manifest: Path | None, val_fraction: float | None,
+                       cache_root: Path | None, pack_dtype: str = "half", data: Path | None = None,
+                       shard_bytes: int = SHARD_BYTES) -> TrainData:
+    """The clips of a manifest (packed on first use), or the packs of a --data folder."""
+    if data is not None:
+        given = [flag for flag, value in (("--manifest", manifest), ("--val-manifest", val_manifest),
+                                          ("--val-fraction", val_fraction)) if value is not None]
+        if given:
+            raise DataError(f"--data {data} holds its own training and validation packs: drop {', '.join(given)}")
+        return load_pack_dir(data)
+    if manifest is None:
+        raise DataError("give --manifest M (a JSON clip list) or --data DIR (a folder from tune-adapter pack)")
+    return load_data(manifest, val_manifest, val_fraction, cache_root, pack_dtype, shard_bytes)
+
+
+def split_entries(manifest: str | Path, val_manifest: str | Path | None,
+                  val_fraction: float | None) -> list[tuple[list[ClipEntry], str]]:
+    """(clips, source) for training and validation, as --val-manifest or --val-fraction say."""
     if val_manifest is not None and val_fraction is not None:
         raise DataError("give --val-manifest or --val-fraction, not both")
     entries = read_manifest(manifest)
     if val_manifest is not None:
-        train, val = entries, read_manifest(val_manifest)
-        val_source = str(val_manifest)
-    else:
-        train, val = split_validation(entries, 0.1 if val_fraction is None else val_fraction)
-        val_source = f"{manifest} (held-out clips)"
-    train_pack, val_pack = pack_manifests([(train, str(manifest)), (val, val_source)], cache_root)
-    return TrainData(train=train_pack, val=val_pack)
+        return [(entries, str(manifest)), (read_manifest(val_manifest), str(val_manifest))]
+    train, val = split_validation(entries, 0.1 if val_fraction is None else val_fraction)
+    return [(train, str(manifest)), (val, f"{manifest} (held-out clips)")]
+
+
+def split_roots(folder: Path) -> tuple[Path, Path]:
+    """Where `tune-adapter pack --out FOLDER` puts the training and validation packs."""
+    return Path(folder) / "train", Path(folder) / "val"
+
+
+def load_pack_dir(folder: str | Path) -> TrainData:
+    """The packs `tune-adapter pack` wrote (--data): checked against their sha256 once."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--data {folder} does not exist: build it with tune-adapter pack --manifest M --out {folder}")
+    train, val = split_roots(folder)
+    for root in (train, val):
+        read_index(root, rebuild_hint=str(folder))
+    for root in (train, val):
+        verify_pack(root)
+    return TrainData(train=open_pack(train, f"{folder} (training)"), val=open_pack(val, f"{folder} (validation)"))
 
 
 __all__ = [
     "Batch", "BatchGatherer", "BatchSampler", "ClipEntry", "PackedClips", "TrainData",
-    "default_cache_root", "load_data", "open_pack", "pack_manifest", "pack_manifests", "padded_fraction",
-    "read_manifest", "split_validation",
+    "default_cache_root", "load_data", "load_pack_dir", "load_training_data", "split_entries", "open_pack", "pack_manifest", "pack_manifests",
+    "padded_fraction", "read_manifest", "split_roots", "split_validation", "verify_pack",
 ]

@@ -77,15 +77,14 @@ class BatchGatherer(torch.utils.data.Dataset):
         pack = self.pack
         index = self.window_index(clips)
         frame_shape = pack.audio.shape[1:]
-        gathered = pack.audio.view(pack.audio.shape[0], -1).index_select(0, index.flat())
+        gathered = pack.take_audio(index.flat()).view(-1, frame_shape.numel())
         first, latter = split_inputs(gathered, index, frame_shape)
         tgt = target_index(pack, clips, self.layout, self.spec.vae_scale)
-        k, d = pack.targets.shape[1:]
-        targets = pack.targets.view(pack.targets.shape[0], -1).index_select(0, tgt.rows.reshape(-1))
+        targets = pack.take_targets(tgt.rows.reshape(-1))
         return Batch(
             first=first,
             latter=latter,
-            targets=targets.view(*tgt.rows.shape, k, d),
+            targets=targets.view(*tgt.rows.shape, *targets.shape[1:]),
             positions=tgt.positions,
             mask=tgt.mask,
             weights=pack.weights[clips],

@@ -100,10 +100,14 @@ def split_validation(
             f"--val-fraction needs at least 2 clips and the manifest has {len(entries)}: "
             "add clips or give --val-manifest"
         )
-    ranked = sorted(entries, key=lambda e: split_fraction(e.audio_as_written))
-    n_val = sum(split_fraction(e.audio_as_written) < fraction for e in entries)
-    n_val = min(max(n_val, 1), len(entries) - 1)
-    held = {e.position for e in ranked[:n_val]}
-    train = [e for e in entries if e.position not in held]
-    val = [e for e in entries if e.position in held]
+    held = held_out([e.audio_as_written for e in entries], fraction)
+    train = [e for e in entries if e.audio_as_written not in held]
+    val = [e for e in entries if e.audio_as_written in held]
     return train, val
+
+
+def held_out(names: list[str], fraction: float) -> set[str]:
+    """The names a `fraction` split holds out: those hashing below it, at least one, never all."""
+    ranked = sorted(names, key=split_fraction)
+    n_val = sum(split_fraction(name) < fraction for name in names)
+    return set(ranked[:min(max(n_val, 1), len(names) - 1)])

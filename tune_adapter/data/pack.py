@@ -1,15 +1,19 @@
-"""The packed cache: validated clips stored back to back in memory-mappable files.
+"""The packed cache: validated clips stored back to back in clip-aligned shards.
 
-A pack is a folder holding `audio.f32` (`[frames, L, C]`), `targets.f32` (`[rows, K, D]`)
-and `index.json` (offsets, lengths, weights, names, and a hash of each clip's audio tensor,
-so a test set can be checked apart from them by content). Its name is a hash of the clip list,
-the files' sizes and modification times, so an unchanged manifest reuses it and any change
-builds a new one. Every reader maps the same files: concurrent trials share one copy of the
-data through the page cache, and data larger than memory still works.
+A pack is a folder holding `index.json` (format, dtypes, shapes, each shard's files and
+sha256, and per clip: offsets, lengths, weight, name and a hash of its audio, so a test set
+can be checked apart by content) and `shards/`, each shard the audio rows `[frames, L, C]`
+and target rows `[rows, K, D]` of whole clips (shards.py). Audio is stored in bf16 and
+targets in fp16 unless `--pack-dtype float32`. Per-frame targets that repeat a row (a
+latent's row for each of its S frames) store it once, with `target_map.i32` giving each
+frame's stored row. A pack built from a manifest lives in the cache under a hash of the
+clip list, the files' sizes and modification times and the dtype, so an unchanged manifest
+reuses it and any change builds a new one; `tune-adapter pack` writes one to a folder.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -31,9 +36,14 @@ from .clips import (
     shapes_of,
 )
 from .manifest import ClipEntry
+from .shards import (DTYPE_NAMES, FP16_MAX, PACK_DTYPES, SHARD_BYTES, ShardedRows, ShardWriter,
+                     dtype_named, file_sha256, map_rows)
 
-PACK_FORMAT = 1
+PACK_FORMAT = 2
 CACHE_ENV = "TUNE_ADAPTER_CACHE"
+INDEX_FILE = "index.json"
+MAP_FILE = "target_map.i32"
+VERIFIED_FILE = "verified.json"
 
 
 def default_cache_root() -> Path:
@@ -43,9 +53,9 @@ def default_cache_root() -> Path:
     return Path(base) / "tune-adapter" / "packs"
 
 
-def pack_key(entries: list[ClipEntry]) -> str:
-    """Hash of what the pack's content depends on: paths, weights, sizes and mtimes."""
-    h = hashlib.sha256(f"tune-adapter pack v{PACK_FORMAT}\n".encode())
+def pack_key(entries: list[ClipEntry], pack_dtype: str = "half", shard_bytes: int = SHARD_BYTES) -> str:
+    """Hash of what the pack's content depends on: paths, weights, sizes, mtimes, dtype, shards."""
+    h = hashlib.sha256(f"tune-adapter pack v{PACK_FORMAT} {pack_dtype} {shard_bytes}\n".encode())
     for e in entries:
         a, t = e.audio.stat(), e.target.stat()
         fields = [e.audio_as_written, str(e.audio), a.st_size, a.st_mtime_ns,
@@ -61,17 +71,39 @@ class PackedClips:
     root: Path
     source: str
     names: list[str]
-    audio: torch.Tensor  # [frames, L, C], mapped
-    targets: torch.Tensor  # [rows, K, D], mapped
+    audio: ShardedRows  # [frames, L, C], mapped
+    targets: ShardedRows  # [stored rows, K, D], mapped
     frames: torch.Tensor  # [clips] video frames T per clip
     audio_offsets: torch.Tensor  # [clips]
-    target_rows: torch.Tensor  # [clips]
-    target_offsets: torch.Tensor  # [clips]
+    target_rows: torch.Tensor  # [clips] rows of each clip's target, as given (T or n_lat)
+    target_offsets: torch.Tensor  # [clips] in those rows
     weights: torch.Tensor  # [clips]
     shapes: ClipShapes
+    shard_of_clip: torch.Tensor  # [clips]
+    target_map: torch.Tensor | None = None  # [target rows] -> stored row; None: the same
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def stored_bytes(self) -> int:
+        """The pack's rows on disk: shard files and the target map."""
+        files = [*self.audio.files, *self.targets.files]
+        return sum(f.stat().st_size for f in files) + (4 * len(self.target_map) if self.target_map is not None else 0)
+
+    def read_ahead(self, shards: list[int]) -> None:
+        """Ask the kernel to read these shards now, ahead of their batches."""
+        for rows in (self.audio, self.targets):
+            rows.read_ahead(shards)
+
+    def take_audio(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 [len(rows), L, C]."""
+        return self.audio.take(rows)
+
+    def take_targets(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 [len(rows), K, D], rows counted as the clips' targets were given."""
+        stored = rows if self.target_map is None else self.target_map[rows].long()
+        return self.targets.take(stored)
 
     @property
     def total_frames(self) -> int:
@@ -104,43 +136,54 @@ class PackedClips:
         )
 
 
-def pack_manifest(entries: list[ClipEntry], source: str, cache_root: Path | None = None) -> PackedClips:
+def pack_manifest(entries: list[ClipEntry], source: str, cache_root: Path | None = None,
+                  pack_dtype: str = "half", progress: Callable[[], None] | None = None) -> PackedClips:
     """The pack of these clips: reused when it exists, else validated and built."""
-    return pack_manifests([(entries, source)], cache_root)[0]
+    return pack_manifests([(entries, source)], cache_root, pack_dtype, progress=progress)[0]
 
 
 def pack_manifests(
-    splits: list[tuple[list[ClipEntry], str]], cache_root: Path | None = None
+    splits: list[tuple[list[ClipEntry], str]], cache_root: Path | None = None, pack_dtype: str = "half",
+    roots: list[Path] | None = None, shard_bytes: int = SHARD_BYTES, progress: Callable[[], None] | None = None,
 ) -> list[PackedClips]:
-    """Packs for several clip lists, published only once every one of them is valid.
+    """Packs for several clip lists, published only once every one of them is valid: in the
+    cache under their keys, or at `roots` (`tune-adapter pack`).
 
-    A bad clip anywhere leaves the cache as it was: nothing half-built stays behind.
+    A bad clip anywhere, or a full disk, leaves the cache as it was: nothing half-built
+    stays behind.
     """
+    if pack_dtype not in PACK_DTYPES:
+        raise ConfigError(f"--pack-dtype {pack_dtype}: use one of {', '.join(PACK_DTYPES)}")
     # Absolute: trials in other working folders (Ray's) open the pack by this path.
     cache_root = (Path(cache_root) if cache_root else default_cache_root()).resolve()
-    roots = [cache_root / pack_key(entries) for entries, _ in splits]
-    made_root = not cache_root.exists()
+    roots = roots or [cache_root / pack_key(entries, pack_dtype, shard_bytes) for entries, _ in splits]
     building: dict[Path, Path] = {}
+    made = [p for p in {r.parent for r in roots} if not p.exists()]
     try:
         for (entries, _), root in zip(splits, roots):
-            if not (root / "index.json").is_file() and root not in building:
-                cache_root.mkdir(parents=True, exist_ok=True)
-                building[root] = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_root))
-                _write_pack(entries, building[root])
+            if not (root / INDEX_FILE).is_file() and root not in building:
+                root.parent.mkdir(parents=True, exist_ok=True)
+                building[root] = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+                _write_pack(entries, building[root], PACK_DTYPES[pack_dtype], shard_bytes, progress)
         _check_same_shapes([building.get(r, r) for r in roots], [src for _, src in splits])
         for root, folder in building.items():
-            _publish(folder, root)
-    except BaseException:
+            publish(folder, root)
+    except BaseException as exc:
         for folder in building.values():
             shutil.rmtree(folder, ignore_errors=True)
-        if made_root and cache_root.exists() and not any(cache_root.iterdir()):
-            cache_root.rmdir()
+        for folder in made:
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"no space left on the device of {roots[0].parent} while packing: free "
+                            "space there, or pack elsewhere (--cache-dir, $TUNE_ADAPTER_CACHE or "
+                            "tune-adapter pack --out); nothing was kept") from None
         raise
     return [open_pack(root, source) for root, (_, source) in zip(roots, splits)]
 
 
 def _check_same_shapes(folders: list[Path], sources: list[str]) -> None:
-    shapes = [json.loads((f / "index.json").read_text())["shapes"] for f in folders]
+    shapes = [json.loads((f / INDEX_FILE).read_text())["shapes"] for f in folders]
     for folder_shapes, source in zip(shapes[1:], sources[1:]):
         if folder_shapes != shapes[0]:
             raise DataError(
@@ -153,45 +196,156 @@ def _describe(shapes: dict) -> str:
     return "L={layers}, C={channels}, K={tokens}, D={token_dim}".format(**shapes)
 
 
-def _publish(building: Path, root: Path) -> None:
+def publish(building: Path, root: Path) -> None:
     try:
         os.rename(building, root)
     except OSError:
         # Another process published the same pack first; its content is identical.
-        if not (root / "index.json").is_file():
+        if not (root / INDEX_FILE).is_file():
             raise
         shutil.rmtree(building, ignore_errors=True)
 
 
-def _write_pack(entries: list[ClipEntry], folder: Path) -> None:
-    index = {"format": PACK_FORMAT, "clips": []}
-    audio_rows = target_rows = 0
-    first_shapes = None
-    with open(folder / "audio.f32", "wb") as fa, open(folder / "targets.f32", "wb") as ft:
+def _write_pack(entries: list[ClipEntry], folder: Path, dtypes: dict, shard_bytes: int,
+                progress: Callable[[], None] | None = None) -> None:
+    builder = PackBuilder(folder, dtypes, shard_bytes)
+    try:
         for entry in entries:
-            audio, target = load_clip(entry)
-            shapes = shapes_of(audio, target)
-            first_shapes = first_shapes or (entry, shapes)
-            check_same_shapes(entry, shapes, *first_shapes)
-            check_target_length(entry, audio.shape[0], target.shape[0])
-            audio_bytes = audio.numpy().tobytes()
-            fa.write(audio_bytes)
-            ft.write(target.numpy().tobytes())
-            index["clips"].append({
-                "name": entry.audio_as_written, "audio": str(entry.audio),
-                "target": str(entry.target), "weight": entry.weight,
-                "audio_sha256": hashlib.sha256(audio_bytes).hexdigest(),
-                "frames": audio.shape[0], "audio_offset": audio_rows,
-                "target_rows": target.shape[0], "target_offset": target_rows,
-            })
-            audio_rows += audio.shape[0]
-            target_rows += target.shape[0]
-        for f in (fa, ft):
-            f.flush()
-            os.fsync(f.fileno())
-    index["shapes"] = vars(first_shapes[1])
-    _check_one_layout(entries, index["clips"])
-    (folder / "index.json").write_text(json.dumps(index))
+            builder.add(entry, *load_clip(entry))
+            if progress is not None:
+                progress()
+    except BaseException:
+        builder.abort()
+        raise
+    builder.finish(entries)
+
+
+class PackBuilder:
+    """A pack written clip by clip into a folder, which can resume after a kill.
+
+    `clips.jsonl` records each clip once its rows are on disk, and each shard once it is
+    closed; a builder opened on a folder that has one continues after its last clip (the
+    open shard's files cut back to it). `finish` writes the index.
+    """
+
+    JOURNAL = "clips.jsonl"
+
+    def __init__(self, folder: Path, dtypes: dict, shard_bytes: int = SHARD_BYTES):
+        self.folder, self.dtypes = Path(folder), dtypes
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.writer = ShardWriter(self.folder, dtypes, shard_bytes)
+        self.clips: list[dict] = []
+        self.first: tuple[ClipEntry, ClipShapes] | None = None
+        shards = self._read_journal()
+        self.writer.resume(shards, [c for c in self.clips if c["shard"] == len(shards)])
+        rows = sum(c["target_rows"] for c in self.clips)
+        with open(self.folder / MAP_FILE, "ab") as target_map:
+            target_map.truncate(4 * rows)  # past the last recorded clip: a kill's leftovers
+        self.journal = open(self.folder / self.JOURNAL, "a")
+
+    def _read_journal(self) -> list[dict]:
+        path = self.folder / self.JOURNAL
+        shards, kept = [], 0
+        if path.is_file():
+            for line in path.read_bytes().splitlines(keepends=True):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut short by a kill: that clip was not recorded
+                if not line.endswith(b"\n"):
+                    break
+                kept += len(line)
+                if "shard_done" in record:
+                    shards.append(record["shard_done"])
+                else:
+                    self.clips.append(record)
+            os.truncate(path, kept)  # what follows is appended after the last whole record
+        if self.clips:
+            self.first = (self.entries()[0], ClipShapes(**self.clips[0]["shapes"]))
+        return shards
+
+    def entries(self) -> list[ClipEntry]:
+        """The recorded clips as manifest entries, for messages that name them."""
+        return [ClipEntry(i, Path(c["audio"]), Path(c["target"]), c["weight"], c["name"], self.folder / self.JOURNAL)
+                for i, c in enumerate(self.clips)]
+
+    @property
+    def names(self) -> set[str]:
+        """The clips already in the pack."""
+        return {c["name"] for c in self.clips}
+
+    def add(self, entry: ClipEntry, audio: torch.Tensor, target: torch.Tensor) -> None:
+        shapes = shapes_of(audio, target)
+        self.first = self.first or (entry, shapes)
+        check_same_shapes(entry, shapes, *self.first)
+        check_target_length(entry, audio.shape[0], target.shape[0])
+        stored, rows = distinct_rows(_cast_targets(entry, target, self.dtypes["targets"]))
+        shards_before = len(self.writer.done)
+        placed = self.writer.add(audio.to(self.dtypes["audio"]), stored)
+        with open(self.folder / MAP_FILE, "ab") as target_map:
+            target_map.write((rows + placed["stored_offset"]).to(torch.int32).numpy().tobytes())
+            target_map.flush()
+            os.fsync(target_map.fileno())
+        for shard in self.writer.done[shards_before:]:
+            self._record({"shard_done": shard})
+        self.clips.append({
+            "name": entry.audio_as_written, "audio": str(entry.audio), "target": str(entry.target),
+            "weight": entry.weight, "audio_sha256": hashlib.sha256(audio.float().numpy().tobytes()).hexdigest(),
+            "frames": audio.shape[0], "target_rows": target.shape[0], "stored_rows": len(stored),
+            "target_offset": self.clips[-1]["target_offset"] + self.clips[-1]["target_rows"] if self.clips else 0,
+            "shapes": vars(shapes), **placed,
+        })
+        self._record(self.clips[-1])
+
+    def _record(self, record: dict) -> None:
+        self.journal.write(json.dumps(record) + "\n")
+        self.journal.flush()
+        os.fsync(self.journal.fileno())
+
+    def abort(self) -> None:
+        self.writer.abort()
+        self.journal.close()
+
+    def finish(self, entries: list[ClipEntry] | None = None) -> None:
+        """Close the last shard and write the index (the pack is then complete); `entries`
+        name the clips in messages (else the journal's names)."""
+        shards = self.writer.close()
+        self.journal.close()
+        if not self.clips:
+            raise DataError("no clip to pack: the manifest is empty")
+        index = {"format": PACK_FORMAT, "dtypes": {k: DTYPE_NAMES[v] for k, v in self.dtypes.items()},
+                 "shapes": self.clips[0]["shapes"], "shards": shards, "target_map": None,
+                 "clips": [{k: c[k] for k in CLIP_KEYS} for c in self.clips]}
+        if sum(c["stored_rows"] for c in self.clips) < sum(c["target_rows"] for c in self.clips):
+            index["target_map"] = {"file": MAP_FILE, "sha256": file_sha256(self.folder / MAP_FILE)}
+        else:
+            (self.folder / MAP_FILE).unlink()
+        _check_one_layout(entries or self.entries(), index["clips"])
+        (self.folder / self.JOURNAL).unlink()
+        (self.folder / INDEX_FILE).write_text(json.dumps(index))
+
+
+CLIP_KEYS = ("name", "audio", "target", "weight", "shard", "audio_sha256", "frames", "audio_offset",
+             "target_rows", "target_offset")
+
+
+def distinct_rows(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A target's rows with each run of repeated rows stored once, and each row's place among
+    them: per-frame targets made from latents repeat a latent's row for its S frames."""
+    if len(target) < 2:
+        return target, torch.arange(len(target))
+    new = torch.ones(len(target), dtype=torch.bool)
+    new[1:] = (target[1:] != target[:-1]).flatten(1).any(1)
+    return target[new], new.long().cumsum(0) - 1
+
+
+def _cast_targets(entry: ClipEntry, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype == torch.float16:
+        peak = float(target.abs().max()) if target.numel() else 0.0
+        if peak > FP16_MAX:
+            raise DataError(f"{entry.label}: target {entry.target} holds values up to {peak:.3g}, "
+                            f"beyond float16's {FP16_MAX:.0f}: pack with --pack-dtype float32")
+    return target.to(dtype)
 
 
 def _check_one_layout(entries: list[ClipEntry], clips: list[dict]) -> None:
@@ -212,47 +366,91 @@ def _check_one_layout(entries: list[ClipEntry], clips: list[dict]) -> None:
         scales &= fits
 
 
+def read_index(root: Path, rebuild_hint: str = "") -> dict:
+    """A pack's index, refused in one line when it is not a pack of this format."""
+    path = Path(root) / INDEX_FILE
+    if not path.is_file():
+        raise DataError(f"{root} holds no pack (no {INDEX_FILE}): build one with "
+                        f"tune-adapter pack --manifest M --out {rebuild_hint or root}")
+    index = json.loads(path.read_text())
+    if index.get("format") != PACK_FORMAT:
+        raise DataError(f"{root} is a pack of format {index.get('format')}, and this version reads "
+                        f"format {PACK_FORMAT}: rebuild it with tune-adapter pack --manifest M "
+                        f"--out {rebuild_hint or root}")
+    return index
+
+
 def open_pack(root: Path, source: str = "") -> PackedClips:
-    index = json.loads((root / "index.json").read_text())
-    clips = index["clips"]
+    root = Path(root)
+    index = read_index(root)
+    clips, shards = index["clips"], index["shards"]
     shapes = ClipShapes(**index["shapes"])
 
     def column(key, dtype=torch.long):
         return torch.tensor([c[key] for c in clips], dtype=dtype)
 
     frames, target_rows = column("frames"), column("target_rows")
+    dtypes = {k: dtype_named(v) for k, v in index["dtypes"].items()}
+    target_map = None
+    if index["target_map"]:
+        target_map = map_rows(root / index["target_map"]["file"], int(target_rows.sum()), (), torch.int32)
     return PackedClips(
         root=root,
         source=source or str(root),
         names=[c["name"] for c in clips],
-        audio=_map(root / "audio.f32", int(frames.sum()), (shapes.layers, shapes.channels)),
-        targets=_map(root / "targets.f32", int(target_rows.sum()), (shapes.tokens, shapes.token_dim)),
+        audio=ShardedRows([root / s["audio"] for s in shards], [s["audio_rows"] for s in shards],
+                          (shapes.layers, shapes.channels), dtypes["audio"]),
+        targets=ShardedRows([root / s["targets"] for s in shards], [s["target_rows"] for s in shards],
+                            (shapes.tokens, shapes.token_dim), dtypes["targets"]),
         frames=frames,
         audio_offsets=column("audio_offset"),
         target_rows=target_rows,
         target_offsets=column("target_offset"),
         weights=column("weight", torch.float32),
         shapes=shapes,
+        shard_of_clip=column("shard"),
+        target_map=target_map,
     )
 
 
+def pack_files(root: Path) -> dict[str, str]:
+    """Each file of a pack, relative to its root, with the sha256 its index records."""
+    index = read_index(root)
+    files = {s[kind]: s[f"{kind}_sha256"] for s in index["shards"] for kind in ("audio", "targets")}
+    if index["target_map"]:
+        files[index["target_map"]["file"]] = index["target_map"]["sha256"]
+    return files
+
+
+def verify_pack(root: Path) -> None:
+    """Check every file of a pack against its sha256, once: a pack verified before, its files
+    unchanged since (size and modification time), is not read again."""
+    root = Path(root)
+    files = pack_files(root)
+    stamps = {name: _stamp(root / name) for name in files}
+    marker = root / VERIFIED_FILE
+    if marker.is_file() and json.loads(marker.read_text()) == stamps:
+        return
+    for name, digest in files.items():
+        if stamps[name] is None or file_sha256(root / name) != digest:
+            raise DataError(f"{root / name}: its sha256 does not match the pack's index (the file "
+                            "is damaged or was changed): rebuild the pack with tune-adapter pack")
+    try:
+        marker.write_text(json.dumps(stamps))
+    except OSError:
+        pass  # a read-only pack is verified again next time
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def clip_identities(pack: PackedClips) -> list[tuple[str, str, str]]:
-    """(name, resolved audio path, sha256 of the audio tensor) per clip: what tells a held-out
-    clip from a training one. Packs built before the hash was stored hash their mapped rows."""
-    clips = json.loads((Path(pack.root) / "index.json").read_text())["clips"]
-    found = []
-    for c in clips:
-        digest = c.get("audio_sha256")
-        if digest is None:
-            rows = pack.audio[c["audio_offset"]:c["audio_offset"] + c["frames"]]
-            digest = hashlib.sha256(rows.contiguous().numpy().tobytes()).hexdigest()
-        found.append((c["name"], c["audio"], digest))
-    return found
-
-
-def _map(path: Path, rows: int, row_shape: tuple[int, int]) -> torch.Tensor:
-    # MAP_PRIVATE: pages stay shared with the page cache (and other trials) until written,
-    # which nothing does.
-    count = rows * row_shape[0] * row_shape[1]
-    return torch.from_file(str(path), shared=False, size=count, dtype=torch.float32).view(rows, *row_shape)
-
+    """(name, resolved audio path, sha256 of the audio tensor in float32) per clip: what
+    tells a held-out clip from a training one."""
+    clips = read_index(pack.root)["clips"]
+    return [(c["name"], c["audio"], c["audio_sha256"]) for c in clips]

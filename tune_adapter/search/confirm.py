@@ -184,7 +184,8 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
         checkpoint_every=settings.get("checkpoint_every", 1))
     base = TrainConfig(epochs=epochs, mixed_precision=search_options.mixed_precision,
                        save_every=search_options.checkpoint_every, moments_in_last_checkpoint=False,
-                       keep_freed_memory=keeps_freed_memory(search_options))
+                       keep_freed_memory=keeps_freed_memory(search_options),
+                       shuffle_window=settings.get("shuffle_window", 0))  # searches before windows: none
     setup = TrialSetup(base=base, train_pack=str(data.train.root), val_pack=str(data.val.root),
                        params=tuple(p for p in search_params if p in SEARCHABLE) + (SEED_KEY,),
                        threads=max(1, int(search_options.cpus_per_trial)),

@@ -59,11 +59,13 @@ def check_same_task(earlier: ExperimentInfo, info: ExperimentInfo) -> None:
         raise ConfigError(f"--max-epochs {info.max_epochs}: {earlier.name}'s trials ran up to {earlier.max_epochs}; "
                           f"keep --max-epochs {earlier.max_epochs}, or start a new search with --warm-start")
     before, now = earlier.extra.get("search", {}).get("data"), info.extra["search"]["data"]
-    for key in ("manifest", "val_manifest", "val_fraction"):
-        if before is not None and before.get(key) != now.get(key):
+    recorded = {"data": None, "pack_dtype": "float32", "shard_mb": 256.0}  # before these keys
+    for key in ("manifest", "val_manifest", "val_fraction", "data", "pack_dtype", "shard_mb"):
+        was, given = (None if d is None else d.get(key, recorded.get(key)) for d in (before, now))
+        if before is not None and was != given:
             flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"{flag}: {earlier.name} was searched on {before.get(key)}, not {now.get(key)}: "
-                              f"continue it on the same data (give {flag} {before.get(key)})")
+            raise ConfigError(f"{flag}: {earlier.name} was searched on {was}, not {given}: "
+                              f"continue it on the same data (give {flag} {was})")
 
 
 def open_run_study(options: SearchOptions, info: ExperimentInfo, distributions: dict) -> None:

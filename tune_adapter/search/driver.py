@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..config import TrainConfig
 from ..cpu_tuning import huge_pages_env
-from ..data import TrainData, load_data
+from ..data import TrainData, load_training_data
 from ..errors import ConfigError
 from ..results import TRIALS_FILE, ExperimentInfo, TrialStore
 from ..init_from import check_init_space, read_initial_adapter
@@ -59,19 +59,22 @@ def data_sources(options: SearchOptions) -> dict:
     """The manifests a search trains and validates on (the quickstart's when none is given),
     as absolute paths: saved with the experiment, so `confirm` trains on the same clips."""
     manifest, val_manifest = options.manifest, options.val_manifest
-    if manifest is None:
+    if manifest is None and options.data is None:
         from .quickstart import quickstart_manifests
 
         manifest, val_manifest = quickstart_manifests(Path(options.storage))
-    return {"manifest": str(Path(manifest).resolve()),
-            "val_manifest": None if val_manifest is None else str(Path(val_manifest).resolve()),
-            "val_fraction": options.val_fraction,
-            "cache_dir": None if options.cache_dir is None else str(Path(options.cache_dir).resolve())}
+    absolute = lambda path: None if path is None else str(Path(path).resolve())  # noqa: E731
+    return {"manifest": absolute(manifest), "val_manifest": absolute(val_manifest),
+            "val_fraction": options.val_fraction, "cache_dir": absolute(options.cache_dir),
+            "data": absolute(options.data), "pack_dtype": options.pack_dtype, "shard_mb": options.shard_mb}
 
 
 def load_sources(sources: dict) -> TrainData:
-    return load_data(sources["manifest"], sources["val_manifest"], sources["val_fraction"],
-                     sources["cache_dir"] and Path(sources["cache_dir"]))
+    """The search's data (one recorded before packs had dtypes was packed in float32)."""
+    return load_training_data(sources["manifest"], sources["val_manifest"], sources["val_fraction"],
+                              sources["cache_dir"] and Path(sources["cache_dir"]),
+                              sources.get("pack_dtype", "float32"), sources.get("data") and Path(sources["data"]),
+                              shard_bytes=int(sources.get("shard_mb", 256) * 2**20))
 
 
 def prepare_data(options: SearchOptions) -> TrainData:
@@ -83,7 +86,7 @@ def search_record(options: SearchOptions, sources: dict) -> dict:
     find the finals rung (ExperimentInfo.extra)."""
     return {"data": sources, "mixed_precision": options.mixed_precision,
             "grace_period": options.grace_period, "reduction_factor": options.reduction_factor,
-            "finalists": options.finalists,
+            "finalists": options.finalists, "shuffle_window": options.shuffle_window,
             "checkpoint_every": options.checkpoint_every, "cpus_per_trial": options.cpus_per_trial,
             "gpus_per_trial": options.gpus_per_trial, "max_concurrent": options.max_concurrent,
             "max_failures": options.max_failures, "time_budget": options.time_budget}
@@ -339,7 +342,7 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
                        init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
                        init_partial=options.init_partial, save_every=options.checkpoint_every,
                        moments_in_last_checkpoint=False,  # nothing resumes a finished trial
-                       keep_freed_memory=keeps_freed_memory(options))
+                       keep_freed_memory=keeps_freed_memory(options), shuffle_window=options.shuffle_window)
     return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions,
                           time_budget(options, info))
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..config import TrainConfig
 from ..errors import ConfigError
 
 # Flags a space file may default with an upper-case constant (NUM_SAMPLES = 32, ...): a
@@ -23,6 +24,10 @@ class SearchOptions:
     manifest: Path | None = None  # None: the quickstart's synthetic dataset
     val_manifest: Path | None = None
     val_fraction: float | None = None
+    data: Path | None = None  # a folder from `tune-adapter pack`, instead of the manifests
+    pack_dtype: str = "half"  # how a manifest's clips are packed (data/shards.py)
+    shard_mb: float = 256.0  # and in shards of about this size
+    shuffle_window: int = TrainConfig.shuffle_window  # shards whose clips a trial shuffles together
     num_samples: int = 16
     max_epochs: int = 10
     grace_period: int = 1
@@ -69,6 +74,8 @@ class SearchOptions:
             "--checkpoint-every": (self.checkpoint_every >= 1, "at least 1"),
             "--sampler": (self.sampler in ("tpe", "random"), "tpe or random"),
             "--time-budget": (self.time_budget is None or self.time_budget > 0, "above 0"),
+            "--shard-mb": (self.shard_mb > 0, "above 0"),
+            "--shuffle-window": (self.shuffle_window >= 0, "at least 0 (0: the whole pack)"),
         }
         for flag, (ok, allowed) in checks.items():
             if not ok:
