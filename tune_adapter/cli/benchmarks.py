@@ -1,4 +1,4 @@
-"""`tune-adapter bench`: the trainer's speed and memory, search cost, ASHA, quality, faults."""
+"""`tune-adapter bench`: the trainer's speed and memory, search cost, ASHA, quality, faults, data."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def bench(
     faults: Annotated[bool, typer.Option("--faults", help="Instead: kill tiny searches at many moments, resume, check the records")] = False,
     data: Annotated[bool, typer.Option("--data", help="Instead: epochs on a pack larger than memory (a cgroup cap) against the disk's bandwidth; root drops the page cache")] = False,
     size: Annotated[float, typer.Option(help="--data: the synthetic pack's size, GB (written under --work-dir, then removed)")] = 4.0,
-    work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha")] = Path("results/bench"),
+    work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha, the packs of --data")] = Path("results/bench"),
     trials: Annotated[Optional[int], typer.Option(help="--search: InfiniteTalk-sized trials, two at a time [16: a default search's size]; --data: runs of 1 to N trials at once [2]")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
 ):
@@ -34,7 +34,8 @@ def bench(
 
     --search runs InfiniteTalk-sized trials two at a time through Ray Tune; --asha runs the
     default search with ASHA and then the same 16 configurations without pruning; --faults
-    SIGKILLs tiny searches at chosen moments and resumes them."""
+    SIGKILLs tiny searches at chosen moments and resumes them; --data times epochs on a
+    synthetic pack larger than a memory cap against the disk's bandwidth."""
     from ..bench.trainer import BenchSpec, run_bench
     from ..display import bench_table, console, sections_table
     from ..space import SHIPPED_DIR, space_path
