@@ -75,7 +75,7 @@ class TrainConfig:
     grad_clip: float = option(1.0, "Max gradient norm; 0 turns clipping off", rule=NOT_NEGATIVE)
     mixed_precision: bool = option(False, "bf16 autocast (fp16 + grad scaling on GPUs without bf16)")
     bucket_by_length: bool = option(True, flag=False)
-    shuffle_window: int = option(4, "Shards of the pack whose clips are shuffled together (0: the whole pack); "
+    shuffle_window: int = option(2, "Shards of the pack whose clips are shuffled together (0: the whole pack); "
                                     "a few keep a pack larger than memory read at disk speed", rule=AT_LEAST_0)
     # Where and how it runs.
     device: str = option("auto", "auto, cpu, cuda or cuda:N", search=False)

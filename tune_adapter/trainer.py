@@ -124,7 +124,8 @@ class Run:
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.grad_scaling else None
         self.sampler = BatchSampler(data.train.frames, config.batch_size, config.seed,
                                     bucket=config.bucket_by_length, shards=data.train.shard_of_clip,
-                                    window=config.shuffle_window, read_ahead=data.train.read_ahead)
+                                    window=config.shuffle_window, read_ahead=data.train.read_ahead,
+                                    release=data.train.release)
         val_sampler = BatchSampler(data.val.frames, config.batch_size, shuffle=False)
         self.train_loader = make_loader(data.train, self.spec, self.layout, self.sampler,
                                         config, self.runtime)

@@ -96,6 +96,11 @@ class PackedClips:
         for rows in (self.audio, self.targets):
             rows.read_ahead(shards)
 
+    def release(self, shards: list[int]) -> None:
+        """Done with these shards for now (ShardedRows.release)."""
+        for rows in (self.audio, self.targets):
+            rows.release(shards)
+
     def take_audio(self, rows: torch.Tensor) -> torch.Tensor:
         """float32 [len(rows), L, C]."""
         return self.audio.take(rows)

@@ -8,7 +8,8 @@ order and makeup still change every epoch.
 A pack of several shards is read in an order with locality when `window` is set: the shards
 in a random order, the same for every trial of an epoch (concurrent trials then read the
 same shards at about the same time, once, through the page cache), and each trial's clips
-shuffled within `window` shards at a time, the next window's shards read ahead. A pack of
+shuffled within `window` shards at a time, the next window's shards read ahead and a finished
+window's released. A pack of
 at most `window` shards is shuffled whole, exactly as without a window.
 """
 
@@ -30,7 +31,8 @@ class BatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int = 0,
                  bucket: bool = True, shuffle: bool = True, shards: torch.Tensor | None = None,
-                 window: int = 0, read_ahead: Callable[[list[int]], None] | None = None):
+                 window: int = 0, read_ahead: Callable[[list[int]], None] | None = None,
+                 release: Callable[[list[int]], None] | None = None):
         self.lengths = lengths
         self.batch_size = batch_size
         self.seed = seed
@@ -39,6 +41,7 @@ class BatchSampler(torch.utils.data.Sampler):
         self.shards = shards  # [clips] the shard each clip is stored in
         self.window = window
         self.read_ahead = read_ahead
+        self.release = release
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -87,10 +90,12 @@ class BatchSampler(torch.utils.data.Sampler):
         windows = self.windowed_batches()
         if self.read_ahead is not None and windows[0][0]:
             self.read_ahead(windows[0][0])
-        for i, (_, batches) in enumerate(windows):
+        for i, (shards, batches) in enumerate(windows):
             if self.read_ahead is not None and i + 1 < len(windows):
                 self.read_ahead(windows[i + 1][0])  # the next window's shards, while this one trains
             yield from batches
+            if self.release is not None and shards:
+                self.release(shards)
 
 
 def padded_fraction(batches: list[list[int]], lengths: torch.Tensor) -> float:
