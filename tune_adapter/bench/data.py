@@ -35,7 +35,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
-from unittest import mock
 
 GB = 10**9
 MB = 2**20
@@ -82,14 +81,14 @@ def clip_bytes(frames: int) -> int:
 
 def write_pack(folder: Path, gigabytes: float, spec: DataBenchSpec):
     """`folder/train` (about `gigabytes` GB of shards) and `folder/val` (a few clips), written
-    by `pack_manifests` with each clip made here: random rows from a pool, so making them
+    by the packs' own builder with each clip made here: random rows from a pool, so making them
     costs a slice, not a random number per value. Returns the packs (TrainData)."""
     import torch
 
-    from ..data import TrainData, pack_manifests
-    from ..data import pack as pack_module
+    from ..data import TrainData
     from ..data.manifest import ClipEntry
-    from ..data.shards import SHARD_BYTES
+    from ..data.pack import PackBuilder, open_pack
+    from ..data.shards import PACK_DTYPES, SHARD_BYTES
 
     folder = Path(folder)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -98,23 +97,19 @@ def write_pack(folder: Path, gigabytes: float, spec: DataBenchSpec):
     target_pool = torch.randn(pool_frames, *TARGET_SHAPE, generator=gen)
     starts = torch.randint(0, pool_frames - spec.frames + 1, (1 << 16,), generator=gen).tolist()
 
-    def load_clip(entry: ClipEntry):
-        # Rows from a per-clip place in the pools; targets per frame, no two rows alike.
-        at = starts[entry.position % len(starts)]
-        rows = slice(at, at + spec.frames)
-        return audio_pool[rows], target_pool[rows]
-
-    def entries(count: int, split: str) -> list[ClipEntry]:
-        manifest = folder / f"{split}.json"  # never written: the clips are made, not read
-        return [ClipEntry(i, folder / f"{split}-{i}.audio", folder / f"{split}-{i}.target", 1.0,
-                          f"{split}-{i}", manifest) for i in range(count)]
+    def build(split: str, count: int):
+        builder = PackBuilder(folder / split, PACK_DTYPES["half"], spec.shard_bytes or SHARD_BYTES)
+        for i in range(count):
+            # Rows from a per-clip place in the pools; targets per frame, no two rows alike.
+            at = starts[i % len(starts)]
+            entry = ClipEntry(i, folder / f"{split}-{i}.audio", folder / f"{split}-{i}.target", 1.0,
+                              f"{split}-{i}", folder / f"{split}.json")
+            builder.add(entry, audio_pool[at:at + spec.frames], target_pool[at:at + spec.frames])
+        builder.finish()
+        return open_pack(folder / split, f"synthetic ({split})")
 
     clips = max(1, round(gigabytes * GB / clip_bytes(spec.frames)))
-    splits = [(entries(clips, "train"), "synthetic (training)"),
-              (entries(spec.val_clips, "val"), "synthetic (validation)")]
-    with mock.patch.object(pack_module, "load_clip", load_clip):
-        train, val = pack_manifests(splits, roots=[folder / "train", folder / "val"],
-                                    shard_bytes=spec.shard_bytes or SHARD_BYTES)
+    train, val = build("train", clips), build("val", spec.val_clips)
     return TrainData(train=train, val=val)
 
 
