@@ -75,16 +75,18 @@ def load_pack_dir(folder: str | Path) -> TrainData:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"--data {folder} does not exist: build it with tune-adapter pack --manifest M --out {folder}")
-    train, val = split_roots(folder)
-    for root in (train, val):
-        read_index(root, rebuild_hint=str(folder))
-    for root in (train, val):
-        verify_pack(root)
-    return TrainData(train=open_pack(train, f"{folder} (training)"), val=open_pack(val, f"{folder} (validation)"))
+    roots = split_roots(folder)
+    indexes = [read_index(root, rebuild_hint=str(folder)) for root in roots]  # both, before any long check
+    for root, index in zip(roots, indexes):
+        verify_pack(root, index)
+    train, val = (open_pack(root, f"{folder} ({split})", index)
+                  for root, index, split in zip(roots, indexes, ("training", "validation")))
+    return TrainData(train=train, val=val)
 
 
 __all__ = [
     "Batch", "BatchGatherer", "BatchSampler", "ClipEntry", "PackedClips", "TrainData",
-    "default_cache_root", "load_data", "load_pack_dir", "load_training_data", "split_entries", "open_pack", "pack_manifest", "pack_manifests",
-    "padded_fraction", "read_manifest", "split_roots", "split_validation", "verify_pack",
+    "default_cache_root", "load_data", "load_pack_dir", "load_training_data", "open_pack", "pack_manifest",
+    "pack_manifests", "padded_fraction", "read_manifest", "split_entries", "split_roots", "split_validation",
+    "verify_pack",
 ]

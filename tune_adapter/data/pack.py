@@ -37,7 +37,7 @@ from .clips import (
 )
 from .manifest import ClipEntry
 from .shards import (DTYPE_NAMES, FP16_MAX, PACK_DTYPES, SHARD_BYTES, ShardedRows, ShardWriter,
-                     dtype_named, file_sha256, map_rows)
+                     dtype_named, file_sha256, map_rows, sync)
 
 PACK_FORMAT = 2
 CACHE_ENV = "TUNE_ADAPTER_CACHE"
@@ -213,7 +213,7 @@ def publish(building: Path, root: Path) -> None:
 
 def _write_pack(entries: list[ClipEntry], folder: Path, dtypes: dict, shard_bytes: int,
                 progress: Callable[[], None] | None = None) -> None:
-    builder = PackBuilder(folder, dtypes, shard_bytes)
+    builder = PackBuilder(folder, dtypes, shard_bytes, resumable=False)
     try:
         for entry in entries:
             builder.add(entry, *load_clip(entry))
@@ -230,22 +230,23 @@ class PackBuilder:
 
     `clips.jsonl` records each clip once its rows are on disk, and each shard once it is
     closed; a builder opened on a folder that has one continues after its last clip (the
-    open shard's files cut back to it). `finish` writes the index.
+    open shard's files cut back to it). `finish` writes the index. Not `resumable` (a pack
+    from a manifest, whose folder a failure deletes), files are synced per shard, not per clip.
     """
 
     JOURNAL = "clips.jsonl"
 
-    def __init__(self, folder: Path, dtypes: dict, shard_bytes: int = SHARD_BYTES):
-        self.folder, self.dtypes = Path(folder), dtypes
+    def __init__(self, folder: Path, dtypes: dict, shard_bytes: int = SHARD_BYTES, resumable: bool = True):
+        self.folder, self.dtypes, self.resumable = Path(folder), dtypes, resumable
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.writer = ShardWriter(self.folder, dtypes, shard_bytes)
+        self.writer = ShardWriter(self.folder, dtypes, shard_bytes, durable=resumable)
         self.clips: list[dict] = []
         self.first: tuple[ClipEntry, ClipShapes] | None = None
         shards = self._read_journal()
         self.writer.resume(shards, [c for c in self.clips if c["shard"] == len(shards)])
         rows = sum(c["target_rows"] for c in self.clips)
-        with open(self.folder / MAP_FILE, "ab") as target_map:
-            target_map.truncate(4 * rows)  # past the last recorded clip: a kill's leftovers
+        self.target_map = open(self.folder / MAP_FILE, "ab")
+        self.target_map.truncate(4 * rows)  # past the last recorded clip: a kill's leftovers
         self.journal = open(self.folder / self.JOURNAL, "a")
 
     def _read_journal(self) -> list[dict]:
@@ -287,10 +288,9 @@ class PackBuilder:
         stored, rows = distinct_rows(_cast_targets(entry, target, self.dtypes["targets"]))
         shards_before = len(self.writer.done)
         placed = self.writer.add(audio.to(self.dtypes["audio"]), stored)
-        with open(self.folder / MAP_FILE, "ab") as target_map:
-            target_map.write((rows + placed["stored_offset"]).to(torch.int32).numpy().tobytes())
-            target_map.flush()
-            os.fsync(target_map.fileno())
+        self.target_map.write((rows + placed["stored_offset"]).to(torch.int32).numpy().tobytes())
+        if self.resumable:
+            sync(self.target_map)
         for shard in self.writer.done[shards_before:]:
             self._record({"shard_done": shard})
         self.clips.append({
@@ -304,18 +304,21 @@ class PackBuilder:
 
     def _record(self, record: dict) -> None:
         self.journal.write(json.dumps(record) + "\n")
-        self.journal.flush()
-        os.fsync(self.journal.fileno())
+        if self.resumable:
+            sync(self.journal)
 
     def abort(self) -> None:
         self.writer.abort()
         self.journal.close()
+        self.target_map.close()
 
     def finish(self, entries: list[ClipEntry] | None = None) -> None:
         """Close the last shard and write the index (the pack is then complete); `entries`
         name the clips in messages (else the journal's names)."""
         shards = self.writer.close()
         self.journal.close()
+        sync(self.target_map)
+        self.target_map.close()
         if not self.clips:
             raise DataError("no clip to pack: the manifest is empty")
         index = {"format": PACK_FORMAT, "dtypes": {k: DTYPE_NAMES[v] for k, v in self.dtypes.items()},
@@ -385,9 +388,10 @@ def read_index(root: Path, rebuild_hint: str = "") -> dict:
     return index
 
 
-def open_pack(root: Path, source: str = "") -> PackedClips:
+def open_pack(root: Path, source: str = "", index: dict | None = None) -> PackedClips:
+    """A pack's tensors, mapped; `index`: its index when the caller has read it already."""
     root = Path(root)
-    index = read_index(root)
+    index = index or read_index(root)
     clips, shards = index["clips"], index["shards"]
     shapes = ClipShapes(**index["shapes"])
 
@@ -418,20 +422,19 @@ def open_pack(root: Path, source: str = "") -> PackedClips:
     )
 
 
-def pack_files(root: Path) -> dict[str, str]:
+def pack_files(index: dict) -> dict[str, str]:
     """Each file of a pack, relative to its root, with the sha256 its index records."""
-    index = read_index(root)
     files = {s[kind]: s[f"{kind}_sha256"] for s in index["shards"] for kind in ("audio", "targets")}
     if index["target_map"]:
         files[index["target_map"]["file"]] = index["target_map"]["sha256"]
     return files
 
 
-def verify_pack(root: Path) -> None:
-    """Check every file of a pack against its sha256, once: a pack verified before, its files
-    unchanged since (size and modification time), is not read again."""
+def verify_pack(root: Path, index: dict) -> None:
+    """Check every file of a pack against the sha256 its index records, once: a pack verified
+    before, its files unchanged since (size and modification time), is not read again."""
     root = Path(root)
-    files = pack_files(root)
+    files = pack_files(index)
     stamps = {name: _stamp(root / name) for name in files}
     marker = root / VERIFIED_FILE
     if marker.is_file() and json.loads(marker.read_text()) == stamps:

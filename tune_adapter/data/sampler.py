@@ -9,8 +9,8 @@ A pack of several shards is read in an order with locality when `window` is set:
 in a random order, the same for every trial of an epoch (concurrent trials then read the
 same shards at about the same time, once, through the page cache), and each trial's clips
 shuffled within `window` shards at a time, the next window's shards read ahead and a finished
-window's released. A pack of
-at most `window` shards is shuffled whole, exactly as without a window.
+window's released. A pack of at most `window` shards is shuffled whole, exactly as without a
+window.
 """
 
 from __future__ import annotations

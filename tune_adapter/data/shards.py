@@ -71,17 +71,17 @@ class ShardedRows:
     def read_ahead(self, shards: list[int]) -> None:
         # In pieces: the kernel reads at most the device's read-ahead size (read_ahead_kb,
         # often 128 KiB to 8 MiB) of one MADV_WILLNEED call; bench --data saw 8 of 256 MiB.
-        for mapped in self._mapped(shards):
+        for mapped in self._maps_of(shards):
             for start in range(0, len(mapped), READ_AHEAD_PIECE):
                 mapped.madvise(mmap.MADV_WILLNEED, start, min(READ_AHEAD_PIECE, len(mapped) - start))
 
     def release(self, shards: list[int]) -> None:
         """Drop this process's mapping of shards it is done with: their pages, no longer
         mapped, are what the kernel evicts first, not the next window read ahead."""
-        for mapped in self._mapped(shards):
+        for mapped in self._maps_of(shards):
             mapped.madvise(mmap.MADV_DONTNEED)
 
-    def _mapped(self, shards: list[int]) -> list[mmap.mmap]:
+    def _maps_of(self, shards: list[int]) -> list[mmap.mmap]:
         return [self.maps[s] for s in shards if self.maps[s] is not None]
 
     def take(self, rows: torch.Tensor) -> torch.Tensor:
@@ -128,8 +128,11 @@ class ShardWriter:
     journal recorded them (PackBuilder): the open shard's files are cut back to its last
     recorded clip, and their hashes read again."""
 
-    def __init__(self, folder: Path, dtypes: dict[str, torch.dtype], shard_bytes: int = SHARD_BYTES):
-        self.folder, self.dtypes, self.shard_bytes = Path(folder), dtypes, shard_bytes
+    def __init__(self, folder: Path, dtypes: dict[str, torch.dtype], shard_bytes: int = SHARD_BYTES,
+                 durable: bool = True):
+        # durable: each clip on disk before add returns (a journal may then record it); else
+        # each shard once, when it closes.
+        self.folder, self.dtypes, self.shard_bytes, self.durable = Path(folder), dtypes, shard_bytes, durable
         (self.folder / "shards").mkdir(parents=True, exist_ok=True)
         self.done: list[dict] = []
         self.shard: _Shard | None = None
@@ -169,9 +172,8 @@ class ShardWriter:
             file.write(raw)
             digest.update(raw)
             sizes.append(len(raw))
-        for f in self.files:  # durable before a journal records the clip
-            f.flush()
-            os.fsync(f.fileno())
+        if self.durable:
+            sync(*self.files)
         shard.audio_bytes += sizes[0]
         shard.target_bytes += sizes[1]
         shard.clips += 1
@@ -192,6 +194,7 @@ class ShardWriter:
         """Close the open shard: its index entry (None when none is open)."""
         if self.shard is None:
             return None
+        sync(*self.files)
         for f in self.files:
             f.close()
         self.done.append(self.shard.entry())
@@ -207,6 +210,13 @@ class ShardWriter:
         for f in self.files or ():
             f.close()
         self.shard, self.files = None, None
+
+
+def sync(*files) -> None:
+    """Flush files to disk."""
+    for f in files:
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
