@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..results import TRIALS_FILE, ExperimentInfo, TrialStore, open_experiment, read_info, read_trials
 from .budget import SPENT_KEY
-from .options import SearchOptions
+from .options import DATA_RECORDED_BEFORE, SearchOptions
 from .study import check_earlier_trials, frozen_trials, has_study, open_study, warm_start
 
 
@@ -59,9 +59,8 @@ def check_same_task(earlier: ExperimentInfo, info: ExperimentInfo) -> None:
         raise ConfigError(f"--max-epochs {info.max_epochs}: {earlier.name}'s trials ran up to {earlier.max_epochs}; "
                           f"keep --max-epochs {earlier.max_epochs}, or start a new search with --warm-start")
     before, now = earlier.extra.get("search", {}).get("data"), info.extra["search"]["data"]
-    recorded = {"data": None, "pack_dtype": "float32", "shard_mb": 256.0}  # before these keys
     for key in ("manifest", "val_manifest", "val_fraction", "data", "pack_dtype", "shard_mb"):
-        was, given = (None if d is None else d.get(key, recorded.get(key)) for d in (before, now))
+        was, given = (None if d is None else d.get(key, DATA_RECORDED_BEFORE.get(key)) for d in (before, now))
         if before is not None and was != given:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"{flag}: {earlier.name} was searched on {was}, not {given}: "

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..results import TRIALS_FILE, ExperimentInfo, TrialStore
 from ..init_from import check_init_space, read_initial_adapter
 from ..space import SEARCHABLE, SearchSpace, check_baseline, check_space, load_space, probe_space
-from .options import SHARED_GPU, SearchOptions
+from .options import DATA_RECORDED_BEFORE, SHARED_GPU, SearchOptions
 from .budget import SPENT_KEY, BudgetStopper, running_clock
 from .storage import linking_filesystem
 from .continuation import carry_earlier_runs, check_warm_starts, open_run_study, time_budget
@@ -70,11 +70,11 @@ def data_sources(options: SearchOptions) -> dict:
 
 
 def load_sources(sources: dict) -> TrainData:
-    """The search's data (one recorded before packs had dtypes was packed in float32)."""
+    """The search's data, as it recorded it (DATA_RECORDED_BEFORE fills what older searches lack)."""
+    sources = {**DATA_RECORDED_BEFORE, **sources}
     return load_training_data(sources["manifest"], sources["val_manifest"], sources["val_fraction"],
-                              sources["cache_dir"] and Path(sources["cache_dir"]),
-                              sources.get("pack_dtype", "float32"), sources.get("data") and Path(sources["data"]),
-                              shard_bytes=int(sources.get("shard_mb", 256) * 2**20))
+                              sources["cache_dir"] and Path(sources["cache_dir"]), sources["pack_dtype"],
+                              sources["data"] and Path(sources["data"]), shard_bytes=int(sources["shard_mb"] * 2**20))
 
 
 def prepare_data(options: SearchOptions) -> TrainData:

@@ -18,6 +18,11 @@ SHARED_GPU = 0.25  # gpus_per_trial when it is None and the cluster has GPUs
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# A search's recorded data (driver.data_sources) without these keys was made before them:
+# its manifests were packed in float32, in one shard's worth of 256 MiB.
+DATA_RECORDED_BEFORE = {"data": None, "pack_dtype": "float32", "shard_mb": 256.0}
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     space: Path
