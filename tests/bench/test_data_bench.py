@@ -118,6 +118,28 @@ def test_bad_sizes_and_counts_are_refused():
         DataBenchSpec(size_gb=0)
     with pytest.raises(ConfigError):
         DataBenchSpec(trials=())
+    with pytest.raises(ConfigError, match="--disk-mbps"):
+        DataBenchSpec(disk_mbps=0)
+
+
+def test_a_throttle_that_cannot_be_made_is_reported_not_fatal(tmp_path):
+    with bench.disk_throttle(tmp_path, 300, root=tmp_path / "missing") as (path, why_not):
+        assert path is None and "unthrottled" in why_not
+    with bench.disk_throttle(tmp_path, None) as (path, why_not):
+        assert path is None and why_not == ""
+
+
+@pytest.mark.skipif(not os.access(bench.BLKIO_ROOT, os.W_OK), reason="needs a writable cgroup v1 blkio hierarchy")
+def test_a_disk_throttle_caps_reads_of_the_packs_disk_and_is_removed(tmp_path):
+    with bench.disk_throttle(tmp_path, 300) as (path, why_not):
+        if path is None:
+            pytest.skip(why_not)  # e.g. a disk the blkio controller does not throttle
+        limit = (path / "blkio.throttle.read_bps_device").read_text().split()
+        assert limit == [bench.whole_disk(tmp_path), str(300 * 2**20)]
+        with bench.joined(path):
+            assert str(os.getpid()) in (path / "cgroup.procs").read_text().split()
+        assert str(os.getpid()) not in (path / "cgroup.procs").read_text().split()
+    assert not path.exists()
 
 
 def test_bench_data_flag_runs_the_data_bench(monkeypatch, tmp_path):

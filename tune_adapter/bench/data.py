@@ -44,6 +44,7 @@ INTERMEDIATE_DIM = 8  # a tiny adapter: the step's arithmetic stays small next t
 EPOCH_FACTORS = {1: 1.5, 2: 2.0}  # target: an epoch <= factor x (pack bytes / bandwidth)
 RSS_TOLERANCE = 0.10  # target: a trial's own memory within 10% on a small and a large pack
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+BLKIO_ROOT = Path("/sys/fs/cgroup/blkio")
 DIRECT_BLOCK = 8 * MB
 DIRECT_LIMIT = 2 * 2**30  # read at most this much for the bandwidth
 MIN_CAP = 768 * MB  # a cgroup cap below a trial's own memory would only kill it
@@ -62,6 +63,7 @@ class DataBenchSpec:
     threads: int = 1  # torch threads per trial: a search's default (--cpus-per-trial 1)
     shuffle_window: int | None = None  # None: the trainer's default
     drop_cache: bool = True  # drop the page cache before each measurement (root only)
+    disk_mbps: float | None = None  # throttle the pack's disk to this (blkio), as a slower disk
     seed: int = 0
 
     def __post_init__(self):
@@ -71,6 +73,8 @@ class DataBenchSpec:
             raise ConfigError("--size must be > 0 (GB)")
         if not self.trials or any(t < 1 for t in self.trials):
             raise ConfigError("--trials must be >= 1")
+        if self.disk_mbps is not None and not self.disk_mbps > 0:
+            raise ConfigError("--disk-mbps must be > 0 (MB/s), or left out for the disk as it is")
 
 
 # --- the synthetic pack ---------------------------------------------------------------
@@ -186,11 +190,13 @@ class MemoryCgroup:
     path: Path | None  # None: none could be made; children run without a cap
     limit: int
     why_not: str = ""
+    throttle: Path | None = None  # a blkio cgroup the children join too (disk_throttle)
 
     def enter(self) -> None:
         """Move the calling process into the cgroup (a child, between fork and exec)."""
-        if self.path is not None:
-            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+        for path in (self.path, self.throttle):
+            if path is not None:
+                (path / "cgroup.procs").write_text(str(os.getpid()))
 
     def peak(self) -> int | None:
         """The cgroup's peak usage (page cache charged to it included), bytes."""
@@ -220,6 +226,40 @@ def memory_cgroup(limit: int, root: Path = CGROUP_ROOT) -> Iterator[MemoryCgroup
         yield MemoryCgroup(path, limit)
     finally:
         remove_cgroup(path)
+
+
+@contextmanager
+def disk_throttle(folder: Path, mb_per_s: float | None, root: Path = BLKIO_ROOT) -> Iterator[tuple[Path | None, str]]:
+    """A cgroup v1 blkio cgroup whose reads of `folder`'s disk are capped at `mb_per_s`
+    (a slower disk, so that a run is bound by reading, not by this machine's cores):
+    (its path, "") or (None, why not). Nothing is made for `mb_per_s` None."""
+    if mb_per_s is None:
+        yield None, ""
+        return
+    path = root / f"tune-adapter-bench-{os.getpid()}"
+    try:
+        path.mkdir()
+    except OSError as exc:
+        yield None, f"no blkio cgroup ({exc.strerror or exc}): the disk ran unthrottled"
+        return
+    try:
+        try:
+            (path / "blkio.throttle.read_bps_device").write_text(f"{whole_disk(folder)} {int(mb_per_s * MB)}")
+        except OSError as exc:
+            yield None, f"the blkio cgroup refused a read limit ({exc.strerror or exc}): the disk ran unthrottled"
+            return
+        yield path, ""
+    finally:
+        remove_cgroup(path)
+
+
+def whole_disk(folder: Path) -> str:
+    """MAJ:MIN of the disk holding `folder` (a partition's parent: blkio throttles disks)."""
+    dev = os.stat(folder).st_dev
+    node = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if (node / "partition").exists():
+        return (node.resolve().parent / "dev").read_text().strip()
+    return f"{os.major(dev)}:{os.minor(dev)}"
 
 
 def remove_cgroup(path: Path) -> None:
@@ -417,6 +457,7 @@ class DataBenchResult:
     in_memory: RunResult | None = None  # 1 trial, the pack in the page cache, no cap
     small_bytes: int = 0
     small: RunResult | None = None  # the small pack, the most trials at once, capped as the large
+    throttle_note: str = ""  # why --disk-mbps was not applied, where asked and not
 
     @property
     def read_seconds(self) -> float:
@@ -425,12 +466,13 @@ class DataBenchResult:
 
 
 def measure_run(pack_dir: Path, count: int, spec: DataBenchSpec, cap: int | None, work: Path,
-                drop: bool) -> RunResult:
+                drop: bool, throttle: Path | None = None) -> RunResult:
     """`count` trials at once, in a fresh cgroup capped at `cap` (None: no cgroup), the
-    page cache dropped first when `drop`."""
+    page cache dropped first when `drop`, the disk throttled by the blkio cgroup `throttle`."""
     if cap is None:
-        return RunResult(run_trials(pack_dir, count, spec, MemoryCgroup(None, 0), work), "no cap")
+        return RunResult(run_trials(pack_dir, count, spec, MemoryCgroup(None, 0, throttle=throttle), work), "no cap")
     with memory_cgroup(cap) as cgroup:
+        cgroup.throttle = throttle
         if drop:
             drop_page_cache()
         trials = run_trials(pack_dir, count, spec, cgroup, work)
@@ -444,36 +486,57 @@ def bench_data(work_dir: Path, spec: DataBenchSpec = DataBenchSpec(),
     work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="data-", dir=work_dir))
     try:
-        progress(f"writing a {spec.size_gb:g} GB pack")
-        data = write_pack(work / "large", spec.size_gb, spec)
-        pack_bytes = sum(f.stat().st_size for f in shard_files(data.train))
-        cap = max(int(spec.cap_fraction * pack_bytes), MIN_CAP)
-        progress("reading the pack with direct I/O")
-        dropped = spec.drop_cache and drop_page_cache()
-        bandwidth = sequential_read(data.train.audio.files)
-        with memory_cgroup(cap) as probe:
-            cap_note = probe.why_not
-        result = DataBenchResult(spec, pack_bytes, len(data.train), len(data.train.audio.files),
-                                 data.train.audio.files[0].stat().st_size if data.train.audio.files else 0,
-                                 bandwidth, cap, cap_note, dropped)
-        capped = None if cap_note else cap
-        if fits_in_memory(pack_bytes):
-            progress("1 trial, the pack in the page cache")
-            warm_page_cache(shard_files(data.train))
-            result.in_memory = measure_run(work / "large", 1, spec, None, work, drop=False)
-        for count in spec.trials:
-            progress(f"{count} trial{'s at once' if count > 1 else ''}, the pack larger than the memory cap")
-            result.runs[count] = measure_run(work / "large", count, spec, capped, work, dropped)
-        del data
-        shutil.rmtree(work / "large")
-        count = max(spec.trials)
-        progress(f"{count} trial{'s at once' if count > 1 else ''} on a {spec.small_gb:g} GB pack")
-        small = write_pack(work / "small", spec.small_gb, spec)
-        result.small_bytes = sum(f.stat().st_size for f in shard_files(small.train))
-        result.small = measure_run(work / "small", count, spec, capped, work, dropped)
-        return result
+        with disk_throttle(work, spec.disk_mbps) as (throttle, throttle_note):
+            return measure_packs(work, spec, throttle, throttle_note, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_packs(work: Path, spec: DataBenchSpec, throttle: Path | None, throttle_note: str,
+                  progress: Callable[[str], None]) -> DataBenchResult:
+    """The bench proper, in `work`, under the blkio cgroup `throttle` where there is one."""
+    progress(f"writing a {spec.size_gb:g} GB pack")
+    data = write_pack(work / "large", spec.size_gb, spec)
+    pack_bytes = sum(f.stat().st_size for f in shard_files(data.train))
+    cap = max(int(spec.cap_fraction * pack_bytes), MIN_CAP)
+    progress("reading the pack with direct I/O")
+    dropped = spec.drop_cache and drop_page_cache()
+    with joined(throttle):
+        bandwidth = sequential_read(data.train.audio.files)
+    with memory_cgroup(cap) as probe:
+        cap_note = probe.why_not
+    result = DataBenchResult(spec, pack_bytes, len(data.train), len(data.train.audio.files),
+                             data.train.audio.files[0].stat().st_size if data.train.audio.files else 0,
+                             bandwidth, cap, cap_note, dropped, throttle_note=throttle_note)
+    capped = None if cap_note else cap
+    if fits_in_memory(pack_bytes):
+        progress("1 trial, the pack in the page cache")
+        warm_page_cache(shard_files(data.train))
+        result.in_memory = measure_run(work / "large", 1, spec, None, work, drop=False)
+    for count in spec.trials:
+        progress(f"{count} trial{'s at once' if count > 1 else ''}, the pack larger than the memory cap")
+        result.runs[count] = measure_run(work / "large", count, spec, capped, work, dropped, throttle)
+    del data
+    shutil.rmtree(work / "large")
+    count = max(spec.trials)
+    progress(f"{count} trial{'s at once' if count > 1 else ''} on a {spec.small_gb:g} GB pack")
+    small = write_pack(work / "small", spec.small_gb, spec)
+    result.small_bytes = sum(f.stat().st_size for f in shard_files(small.train))
+    result.small = measure_run(work / "small", count, spec, capped, work, dropped, throttle)
+    return result
+
+
+@contextmanager
+def joined(cgroup: Path | None) -> Iterator[None]:
+    """This process inside `cgroup` (a v1 cgroup) for the block, back in its root after."""
+    if cgroup is None:
+        yield
+        return
+    (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        (cgroup.parent / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def fits_in_memory(size: int) -> bool:
@@ -484,6 +547,13 @@ def fits_in_memory(size: int) -> bool:
     return False
 
 
+def throttled(result: DataBenchResult) -> str:
+    if result.spec.disk_mbps is None:
+        return ""
+    return f"; {result.throttle_note}" if result.throttle_note else (
+        f"; the disk throttled to {result.spec.disk_mbps:g} MB/s (--disk-mbps, blkio) for this and every capped run")
+
+
 def data_sections(result: DataBenchResult) -> list:
     """The report: the disk, the epochs against it, each trial's memory on two packs."""
     from .report import Row, Section, verdict
@@ -492,7 +562,8 @@ def data_sections(result: DataBenchResult) -> list:
     how = (f"O_DIRECT, {DIRECT_BLOCK // MB} MiB reads" if bw.direct
            else "O_DIRECT refused here: buffered reads after dropping the file's cache")
     disk = Section("Disk", [
-        Row("sequential read bandwidth", bw.mb_per_s, "MB/s", f"{how}, {bw.bytes_read / MB:.0f} MB of the pack's shards"),
+        Row("sequential read bandwidth", bw.mb_per_s, "MB/s", f"{how}, {bw.bytes_read / MB:.0f} MB of the pack's shards"
+            + throttled(result)),
         Row("pack (training shards)", result.pack_bytes / MB, "MB",
             f"{result.clips} clips of {spec.frames} frames in {result.shards} shards; audio "
             f"L={AUDIO_SHAPE[0]} C={AUDIO_SHAPE[1]} bf16, targets K={TARGET_SHAPE[0]} D={TARGET_SHAPE[1]} fp16"),

@@ -26,6 +26,7 @@ def bench(
     faults: Annotated[bool, typer.Option("--faults", help="Instead: kill tiny searches at many moments, resume, check the records")] = False,
     data: Annotated[bool, typer.Option("--data", help="Instead: epochs on a pack larger than memory (a cgroup cap) against the disk's bandwidth; root drops the page cache")] = False,
     size: Annotated[float, typer.Option(help="--data: the synthetic pack's size, GB (written under --work-dir, then removed)")] = 4.0,
+    disk_mbps: Annotated[Optional[float], typer.Option(help="--data: throttle the pack's disk to this many MB/s (cgroup v1 blkio, root), as a slower disk: where the cores outrun the disk, the epoch is bound by reading, as the targets assume")] = None,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha, the packs of --data")] = Path("results/bench"),
     trials: Annotated[Optional[int], typer.Option(help="--search: InfiniteTalk-sized trials, two at a time [16: a default search's size]; --data: runs of 1 to N trials at once [2]")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="--search: checkpoint every N epochs")] = 1,
@@ -65,7 +66,7 @@ def bench(
         bench_faults_command(work_dir)
         return
     if data:
-        bench_data_command(work_dir, size, 2 if trials is None else trials)
+        bench_data_command(work_dir, size, 2 if trials is None else trials, disk_mbps)
         return
     if search or asha:
         from ..bench.asha import bench_asha
@@ -109,12 +110,12 @@ def bench_faults_command(work_dir: Path) -> None:
         raise typer.Exit(1)
 
 
-def bench_data_command(work_dir: Path, size: float, trials: int) -> None:
+def bench_data_command(work_dir: Path, size: float, trials: int, disk_mbps: float | None) -> None:
     """--data: a synthetic pack larger than a memory cap, read by 1..N trials at once."""
     from ..bench.data import DataBenchSpec, bench_data, data_sections
     from ..display import console, sections_table
 
-    spec = DataBenchSpec(size_gb=size, trials=tuple(range(1, trials + 1)))
+    spec = DataBenchSpec(size_gb=size, trials=tuple(range(1, trials + 1)), disk_mbps=disk_mbps)
     with console.status("benchmarking: data reading") as status:
         result = bench_data(work_dir, spec, progress=lambda what: status.update(f"benchmarking: {what}"))
     console.print(sections_table(f"tune-adapter bench: data ({size:g} GB pack)", data_sections(result)))
