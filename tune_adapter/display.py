@@ -87,7 +87,7 @@ class TrainProgressBar(ProgressView):
         self.progress.console.print(format_metrics(metrics))
 
 
-def pack_summary(pack: PackedClips, title: str) -> Table:
+def pack_summary(pack: PackedClips, title: str, location: str | None = None) -> Table:
     frames = pack.frames.tolist()
     weights = pack.weights.tolist()
     shapes = pack.shapes
@@ -110,7 +110,7 @@ def pack_summary(pack: PackedClips, title: str) -> Table:
                    f" ({len(pack.targets)} distinct rows); {len(pack.audio.parts)} shard(s), "
                    f"{pack.stored_bytes / 2**20:.1f} MiB, {pack.stored_bytes / max(sum(frames), 1):.0f} "
                    "bytes per video frame"),
-        ("pack", str(pack.root)),
+        ("pack", location or str(pack.root)),
     ]
     for key, value in rows:
         table.add_row(key, value)

@@ -69,8 +69,9 @@ CacheDir = Annotated[
 ]
 ValManifest = Annotated[Optional[Path], typer.Option(help="Validation manifest")]
 DataDir = Annotated[
-    Optional[Path],
-    typer.Option("--data", metavar="DIR", help="A dataset packed by tune-adapter pack (instead of --manifest)"),
+    Optional[str],
+    typer.Option("--data", metavar="DIR|URI", help="A dataset packed by tune-adapter pack (instead of --manifest): "
+                 "a folder, or a URI (s3://, gs://, file://) that each node stages into its own cache"),
 ]
 PackDtype = Annotated[
     str,

@@ -118,27 +118,63 @@ def check(
 
 def pack(
     manifest: Annotated[Path, typer.Option(help="Training manifest (JSON list of clips)")],
-    out: Annotated[Path, typer.Option(help="The folder to write: train/ and val/ packs, for --data")],
+    out: Annotated[str, typer.Option(metavar="DIR|URI", help="Where to write the train/ and val/ packs, for --data: a new folder, or a URI (s3://, gs://, file://) for a cluster whose nodes share no folder")],
     val_manifest: ValManifest = None,
     val_fraction: ValFraction = None,
     pack_dtype: PackDtype = "half",
     shard_mb: Annotated[float, typer.Option(help="Shards of at most about this many MiB")] = 256.0,
 ):
-    """Validate a dataset and pack it once, into a folder that search, train and confirm take (--data)."""
-    from ..data import pack_manifests, split_entries, split_roots
-    from ..display import console, pack_progress, pack_summary
+    """Validate a dataset and pack it once, into a folder or URI that search, train and confirm take (--data)."""
+    from ..data.remote import check_empty_destination, is_uri
+    from ..display import console
 
     if not shard_mb > 0:
         raise UserError(f"--shard-mb {shard_mb} is out of range: it must be above 0")
-    if out.exists() and any(out.iterdir()):
+    if is_uri(out):
+        check_empty_destination(out)
+        pack_to_uri(manifest, out, val_manifest, val_fraction, pack_dtype, shard_mb)
+        return
+    folder = Path(out)
+    if folder.exists() and any(folder.iterdir()):
         raise UserError(f"--out {out} is not empty: give a new folder (a pack is never written over)")
+    pack_to_folder(manifest, folder, val_manifest, val_fraction, pack_dtype, shard_mb)
+    console.print(f"packed: {out} (use it with --data {out})", soft_wrap=True)
+
+
+def pack_to_folder(manifest: Path, folder: Path, val_manifest: Path | None, val_fraction: float | None,
+                   pack_dtype: str, shard_mb: float, shown_as: str | None = None) -> None:
+    from ..data import pack_manifests, split_entries, split_roots
+    from ..display import console, pack_progress, pack_summary
+
     splits = split_entries(manifest, val_manifest, val_fraction)
     with pack_progress(sum(len(entries) for entries, _ in splits)) as advance:
-        packs = pack_manifests(splits, pack_dtype=pack_dtype, roots=list(split_roots(out)),
+        packs = pack_manifests(splits, pack_dtype=pack_dtype, roots=list(split_roots(folder)),
                                shard_bytes=int(shard_mb * 2**20), progress=advance)
-    for split, packed in zip(("training", "validation"), packs):
-        console.print(pack_summary(packed, f"{out}: {split}"))
-    console.print(f"packed: {out} (use it with --data {out})", soft_wrap=True)
+    for split, packed, root in zip(("training", "validation"), packs, split_roots(Path("."))):
+        location = f"{shown_as.rstrip('/')}/{root.name}" if shown_as else None
+        console.print(pack_summary(packed, f"{shown_as or folder}: {split}", location))
+
+
+def pack_to_uri(manifest: Path, uri: str, val_manifest: Path | None, val_fraction: float | None,
+                pack_dtype: str, shard_mb: float) -> None:
+    """Packed in a local folder of the cache (the disk packs already use), then uploaded."""
+    import shutil
+    import tempfile
+
+    from ..data import default_cache_root
+    from ..data.remote import upload_pack
+    from ..display import console
+
+    cache = default_cache_root()
+    cache.mkdir(parents=True, exist_ok=True)
+    local = Path(tempfile.mkdtemp(prefix=".uploading-", dir=cache))
+    try:
+        pack_to_folder(manifest, local / "pack", val_manifest, val_fraction, pack_dtype, shard_mb, shown_as=uri)
+        with console.status(f"uploading to {uri}"):
+            upload_pack(local / "pack", uri)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    console.print(f"packed: {uri} (use it with --data {uri})", soft_wrap=True)
 
 
 def extract(

@@ -14,7 +14,9 @@ from .batches import Batch, BatchGatherer
 from .manifest import ClipEntry, read_manifest, split_validation
 from .pack import (PackedClips, default_cache_root, open_pack, pack_manifest, pack_manifests, read_index,
                    verify_pack)
+from .remote import is_uri
 from .shards import SHARD_BYTES
+from .staging import stage_pack
 from .sampler import BatchSampler, padded_fraction
 
 
@@ -39,14 +41,17 @@ def load_data(
 
 
 def load_training_data(manifest: Path | None, val_manifest: Path | None, val_fraction: float | None,
-                       cache_root: Path | None, pack_dtype: str = "half", data: Path | None = None,
+                       cache_root: Path | None, pack_dtype: str = "half", data: str | Path | None = None,
                        shard_bytes: int = SHARD_BYTES) -> TrainData:
-    """The clips of a manifest (packed on first use), or the packs of a --data folder."""
+    """The clips of a manifest (packed on first use), or the packs of a --data folder or URI
+    (a URI's pack staged into this node's cache first)."""
     if data is not None:
         given = [flag for flag, value in (("--manifest", manifest), ("--val-manifest", val_manifest),
                                           ("--val-fraction", val_fraction)) if value is not None]
         if given:
             raise DataError(f"--data {data} holds its own training and validation packs: drop {', '.join(given)}")
+        if is_uri(data):
+            return load_pack_dir(stage_pack(str(data), cache_root).folder, shown_as=str(data))
         return load_pack_dir(data)
     if manifest is None:
         raise DataError("give --manifest M (a JSON clip list) or --data DIR (a folder from tune-adapter pack)")
@@ -70,8 +75,9 @@ def split_roots(folder: Path) -> tuple[Path, Path]:
     return Path(folder) / "train", Path(folder) / "val"
 
 
-def load_pack_dir(folder: str | Path) -> TrainData:
-    """The packs `tune-adapter pack` wrote (--data): checked against their sha256 once."""
+def load_pack_dir(folder: str | Path, shown_as: str | None = None) -> TrainData:
+    """The packs `tune-adapter pack` wrote (--data): checked against their sha256 once.
+    `shown_as`: what the user gave, where `folder` is its staged copy."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"--data {folder} does not exist: build it with tune-adapter pack --manifest M --out {folder}")
@@ -79,7 +85,7 @@ def load_pack_dir(folder: str | Path) -> TrainData:
     indexes = [read_index(root, rebuild_hint=str(folder)) for root in roots]  # both, before any long check
     for root, index in zip(roots, indexes):
         verify_pack(root, index)
-    train, val = (open_pack(root, f"{folder} ({split})", index)
+    train, val = (open_pack(root, f"{shown_as or folder} ({split})", index)
                   for root, index, split in zip(roots, indexes, ("training", "validation")))
     return TrainData(train=train, val=val)
 

@@ -434,19 +434,34 @@ def verify_pack(root: Path, index: dict) -> None:
     """Check every file of a pack against the sha256 its index records, once: a pack verified
     before, its files unchanged since (size and modification time), is not read again."""
     root = Path(root)
-    files = pack_files(index)
-    stamps = {name: _stamp(root / name) for name in files}
-    marker = root / VERIFIED_FILE
-    if marker.is_file() and json.loads(marker.read_text()) == stamps:
+    if is_marked_verified(root, index):
         return
-    for name, digest in files.items():
-        if stamps[name] is None or file_sha256(root / name) != digest:
-            raise DataError(f"{root / name}: its sha256 does not match the pack's index (the file "
-                            "is damaged or was changed): rebuild the pack with tune-adapter pack")
+    for name in mismatched_files(root, index)[:1]:
+        raise DataError(f"{root / name}: its sha256 does not match the pack's index (the file "
+                        "is damaged or was changed): rebuild the pack with tune-adapter pack")
+    mark_verified(root, index)
+
+
+def mismatched_files(root: Path, index: dict) -> list[str]:
+    """The pack's files (relative names) missing or not matching their recorded sha256."""
+    return [name for name, digest in pack_files(index).items()
+            if _stamp(root / name) is None or file_sha256(root / name) != digest]
+
+
+def is_marked_verified(root: Path, index: dict) -> bool:
+    marker = Path(root) / VERIFIED_FILE
+    return marker.is_file() and json.loads(marker.read_text()) == _stamps(root, index)
+
+
+def mark_verified(root: Path, index: dict) -> None:
     try:
-        marker.write_text(json.dumps(stamps))
+        (Path(root) / VERIFIED_FILE).write_text(json.dumps(_stamps(root, index)))
     except OSError:
         pass  # a read-only pack is verified again next time
+
+
+def _stamps(root: Path, index: dict) -> dict:
+    return {name: _stamp(Path(root) / name) for name in pack_files(index)}
 
 
 def _stamp(path: Path) -> list[int] | None:

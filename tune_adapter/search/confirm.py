@@ -25,6 +25,7 @@ from ..confirmation import (
     scored_epoch,
 )
 from ..data import PackedClips, TrainData, pack_manifest, read_manifest
+from ..data.remote import is_uri
 from ..data.pack import clip_identities
 from ..errors import ConfigError, DataError
 from ..results import ExperimentInfo, open_experiment, read_trials
@@ -148,7 +149,7 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
     from ray import tune
 
     from .driver import (fixed_points, keeps_freed_memory, load_sources, max_concurrent, ray_session,
-                         trial_resources)
+                         ready_nodes, trial_resources)
     from ..trainer import evaluate_pack
     from .live import LiveTable
     from .storage import linking_filesystem
@@ -186,11 +187,14 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
                        save_every=search_options.checkpoint_every, moments_in_last_checkpoint=False,
                        keep_freed_memory=keeps_freed_memory(search_options),
                        shuffle_window=settings.get("shuffle_window", 0))  # searches before windows: none
+    uri = settings["data"].get("data")
     setup = TrialSetup(base=base, train_pack=str(data.train.root), val_pack=str(data.val.root),
+                       data_uri=uri if is_uri(uri) else None,
                        params=tuple(p for p in search_params if p in SEARCHABLE) + (SEED_KEY,),
                        threads=max(1, int(search_options.cpus_per_trial)),
                        experiment_dir=str(search_options.experiment_dir))
     with ray_session(search_options):
+        ready_nodes(setup, options.quiet, console)
         resources = trial_resources(search_options)
         wrapped = tune.with_resources(tune.with_parameters(trainable, setup=setup), resources)
         callbacks = [ConfirmCallback(folder, confirm_info), TensorBoardScalars()]  # no Ray hparams

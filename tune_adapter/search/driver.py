@@ -19,6 +19,7 @@ from typing import Callable
 from ..config import TrainConfig
 from ..cpu_tuning import huge_pages_env
 from ..data import TrainData, load_training_data
+from ..data.remote import is_uri
 from ..errors import ConfigError
 from ..results import TRIALS_FILE, ExperimentInfo, TrialStore
 from ..init_from import check_init_space, read_initial_adapter
@@ -66,7 +67,8 @@ def data_sources(options: SearchOptions) -> dict:
     absolute = lambda path: None if path is None else str(Path(path).resolve())  # noqa: E731
     return {"manifest": absolute(manifest), "val_manifest": absolute(val_manifest),
             "val_fraction": options.val_fraction, "cache_dir": absolute(options.cache_dir),
-            "data": absolute(options.data), "pack_dtype": options.pack_dtype, "shard_mb": options.shard_mb}
+            "data": options.data if is_uri(options.data) else absolute(options.data),
+            "pack_dtype": options.pack_dtype, "shard_mb": options.shard_mb}
 
 
 def load_sources(sources: dict) -> TrainData:
@@ -74,7 +76,7 @@ def load_sources(sources: dict) -> TrainData:
     sources = {**DATA_RECORDED_BEFORE, **sources}
     return load_training_data(sources["manifest"], sources["val_manifest"], sources["val_fraction"],
                               sources["cache_dir"] and Path(sources["cache_dir"]), sources["pack_dtype"],
-                              sources["data"] and Path(sources["data"]), shard_bytes=int(sources["shard_mb"] * 2**20))
+                              sources["data"], shard_bytes=int(sources["shard_mb"] * 2**20))
 
 
 def prepare_data(options: SearchOptions) -> TrainData:
@@ -277,6 +279,7 @@ def trial_dirname(trial) -> str:
 
 def trial_setup(options: SearchOptions, data: TrainData, params: list[str], base: TrainConfig) -> TrialSetup:
     return TrialSetup(base=base, train_pack=str(data.train.root), val_pack=str(data.val.root),
+                      data_uri=options.data if is_uri(options.data) else None,
                       params=tuple(p for p in params if p in SEARCHABLE),
                       threads=max(1, int(options.cpus_per_trial)),
                       experiment_dir=str(options.experiment_dir))
@@ -370,6 +373,7 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
     prepared = prepare_search(options)
     info = prepared.info
     with ray_session(options), running_clock(prepared.budget_s, info.extra.get(SPENT_KEY, 0.0)) as clock:
+        ready_nodes(prepared.setup, options.quiet, console)
         store = StoreCallback(options.experiment_dir, info)
         live = [] if options.quiet else [LiveTable(info, console, earlier_counts(options, prepared))]
         callbacks = [store, TensorBoardScalars(), *live]
@@ -380,6 +384,17 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         info.extra[SPENT_KEY] = clock.spent()
         return finish(options, prepared, {Path(r.path).name.removeprefix("trial_"): r for r in grid},
                       clock.is_spent())
+
+
+def ready_nodes(setup: TrialSetup, quiet: bool, console=None) -> None:
+    """Every node has the data before any trial starts (search/nodes.py)."""
+    from .nodes import prepare_nodes, staging_line
+
+    staged = prepare_nodes(setup.data_uri, [setup.train_pack, setup.val_pack])
+    if staged and not quiet:
+        from ..display import console as default_console
+
+        (console or default_console).print(staging_line(setup.data_uri, staged), soft_wrap=True, markup=False)
 
 
 def earlier_counts(options: SearchOptions, prepared: PreparedSearch):

@@ -29,7 +29,7 @@ class SearchOptions:
     manifest: Path | None = None  # None: the quickstart's synthetic dataset
     val_manifest: Path | None = None
     val_fraction: float | None = None
-    data: Path | None = None  # a folder from `tune-adapter pack`, instead of the manifests
+    data: str | None = None  # a folder or URI from `tune-adapter pack`, instead of the manifests
     pack_dtype: str = "half"  # how a manifest's clips are packed (data/shards.py)
     shard_mb: float = 256.0  # and in shards of about this size
     shuffle_window: int = TrainConfig.shuffle_window  # shards whose clips a trial shuffles together

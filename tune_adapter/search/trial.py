@@ -18,7 +18,8 @@ from ray import tune
 
 from ..config import TrainConfig
 from ..results import START_METRICS, START_PREFIX
-from ..data import TrainData, open_pack
+from ..data import TrainData, load_pack_dir, open_pack
+from ..data.staging import stage_pack
 from ..results import TrialStore
 from ..trainer import train
 from .storage import linking_filesystem
@@ -31,6 +32,7 @@ class TrialSetup:
     base: TrainConfig  # epochs = the search's max epochs
     train_pack: str  # pack folders: each trial maps the same files, no copy of the data
     val_pack: str
+    data_uri: str | None  # --data URI: each node's trials map that node's staged copy instead
     params: tuple[str, ...]  # keys of `config` that are training options
     threads: int
     experiment_dir: str
@@ -175,13 +177,21 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
                              "or each trial a larger --gpus-per-trial")
 
 
+def trial_data(setup: TrialSetup) -> TrainData:
+    """The packs, mapped: with a --data URI, this node's staged copy (staged here first on a
+    node that joined after the search began), never a path of the driver's."""
+    if setup.data_uri is not None:
+        return load_pack_dir(stage_pack(setup.data_uri).folder, shown_as=setup.data_uri)
+    return TrainData(open_pack(Path(setup.train_pack)), open_pack(Path(setup.val_pack)))
+
+
 def train_trial(config: TrainConfig, setup: TrialSetup) -> bool:
     """Train the trial, reporting each epoch to Tune; True when CUDA ran out of memory.
 
     The out-of-memory error is dropped here, not re-raised: its traceback holds the frames,
     and through them the tensors, whose memory the caller then releases.
     """
-    data = TrainData(open_pack(Path(setup.train_pack)), open_pack(Path(setup.val_pack)))
+    data = trial_data(setup)
     reports, start = [], {}
 
     def report(metrics: dict, checkpoint: Path | None) -> None:
