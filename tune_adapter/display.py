@@ -28,7 +28,10 @@ def fit_console_to_terminal() -> None:
 
 
 def shown_path(path) -> str:
-    """A path as short as it can be copied: relative to this folder when it lies below it."""
+    """A path as short as it can be copied: relative to this folder when it lies below it
+    (a URI as it is)."""
+    if isinstance(path, str) and "://" in path:
+        return path
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:

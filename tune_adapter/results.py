@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_write
 from .errors import UserError
+from .search.uri_storage import checkpoint_exists, is_remote
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -103,9 +104,21 @@ class TrialRecord:
         }
 
     def kept_checkpoint(self, epoch: int | None) -> str | None:
-        """The epoch's checkpoint, if Tune still keeps it (it keeps the best and the latest)."""
+        """The epoch's checkpoint, if Tune still keeps it (it keeps the best and the latest):
+        looked at in a folder; on object storage (a URI), not asked at every write, but
+        taken from that rule."""
         path = self.checkpoints.get(epoch)
-        return path if path and os.path.isdir(path) else None
+        if not path:
+            return None
+        if is_remote(path):
+            return path if epoch in self.kept_by_tune() else None
+        return path if os.path.isdir(path) else None
+
+    def kept_by_tune(self) -> set[int]:
+        """Epochs whose checkpoint Tune keeps with num_to_keep=1: the best by val_l1, the latest."""
+        scored = [e for e in self.checkpoints if self.epochs.get(e, {}).get("val_l1") is not None]
+        best = {min(scored, key=lambda e: self.epochs[e]["val_l1"])} if scored else set()
+        return best | ({max(self.checkpoints)} if self.checkpoints else set())
 
     def epoch_rows(self) -> list[dict]:
         return [{"trial_id": self.trial_id, "epoch": e,
@@ -319,9 +332,14 @@ def latest_experiment(storage: Path = Path("results")) -> Path:
     return found[-1].parent
 
 
-def open_experiment(folder: Path | None, storage: Path = Path("results")) -> tuple[Path, ExperimentInfo]:
-    """An experiment folder (the latest when None) and its description."""
-    folder = latest_experiment(storage) if folder is None else Path(folder)
+def open_experiment(folder: str | Path | None, storage: Path = Path("results")) -> tuple[Path, ExperimentInfo]:
+    """An experiment folder (the latest when None; a URI's experiment fetched into its local
+    mirror) and its description."""
+    from .search.uri_storage import local_path, open_remote_experiment
+
+    if folder is None:
+        folder = latest_experiment(storage)
+    folder = open_remote_experiment(str(folder)) if is_remote(folder) else local_path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: give the folder of a search (results/NAME)")
     for name in (TRIALS_FILE, EPOCHS_FILE):
@@ -335,14 +353,16 @@ def open_experiment(folder: Path | None, storage: Path = Path("results")) -> tup
 
 
 def best_trial(trials, epochs, folder: Path) -> dict:
+
     """The trial row whose best checkpointed epoch has the lowest `val_l1`, plus that
     epoch's `export_epoch`, `export_checkpoint` and `export_val_l1`/`_mse`/`_cos`.
 
     With --checkpoint-every N > 1 a trial's best epoch may have no checkpoint: its best
     epoch that has one competes instead (Tune keeps each trial's best checkpoint by val_l1).
     """
+
     saved = epochs[epochs["checkpoint"].notna() & epochs["val_l1"].notna()]
-    saved = saved[saved["checkpoint"].map(os.path.isdir)]  # Tune may have deleted it since
+    saved = saved[saved["checkpoint"].map(checkpoint_exists)]  # Tune may have deleted it since
     if saved.empty:
         raise UserError(f"no trial in {folder} has a checkpoint yet: wait for the search to report")
     best = saved.sort_values(["val_l1", "epoch"], kind="stable").iloc[0]

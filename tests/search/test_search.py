@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 import pytest
 import torch
 from tests.support.fakes import random_adapter, write_infinitetalk
@@ -233,7 +234,8 @@ def test_a_result_with_a_checkpoint_is_written_once_with_it(tmp_path, monkeypatc
     result = {"epoch": 1, "val_l1": 0.5, SHOULD_CHECKPOINT: True}
     callback.on_trial_result(0, [], trial, result)
     assert writes == []
-    callback.on_checkpoint(0, [], trial, SimpleNamespace(path=str(tmp_path / "checkpoint_000000")))
+    callback.on_checkpoint(0, [], trial, SimpleNamespace(path=str(tmp_path / "checkpoint_000000"),
+                                                         filesystem=pafs.LocalFileSystem()))
     assert len(writes) == 1
     assert callback.store.trials["t1"].checkpoints == {1: str(tmp_path / "checkpoint_000000")}
     callback.on_trial_result(0, [], trial, {"epoch": 2, "val_l1": 0.4})  # no checkpoint: at once

@@ -82,5 +82,5 @@ ValFraction = Annotated[
     typer.Option(help="Hold out this fraction of --manifest by path hash [default: 0.1]"),
 ]
 Experiment = Annotated[
-    Optional[Path], typer.Option(help="Experiment folder [the latest under results/]")
+    Optional[str], typer.Option(metavar="DIR|URI", help="Experiment folder, or URI/NAME of a search with --storage URI [the latest under results/]")
 ]

@@ -25,7 +25,9 @@ def bench(
     seeds: Annotated[int, typer.Option(help="--quality, --confirm, --pack-quality: search seeds per task")] = 3,
     faults: Annotated[bool, typer.Option("--faults", help="Instead: kill tiny searches at many moments, resume, check the records")] = False,
     data: Annotated[bool, typer.Option("--data", help="Instead: epochs on a pack larger than memory (a cgroup cap) against the disk's bandwidth; root drops the page cache")] = False,
-    size: Annotated[float, typer.Option(help="--data: the synthetic pack's size, GB (written under --work-dir, then removed)")] = 4.0,
+    staging: Annotated[bool, typer.Option("--staging", help="Instead: upload a synthetic pack to S3 (--uri, else a local moto server), stage it into a node cache, and time a search's first trial with and without staging")] = False,
+    uri: Annotated[Optional[str], typer.Option(metavar="URI", help="--staging: where to upload the pack (s3://BUCKET/PREFIX) [a moto server on 127.0.0.1]")] = None,
+    size: Annotated[Optional[float], typer.Option(help="--data, --staging: the synthetic pack's size, GB (written under --work-dir, then removed) [4, 2]")] = None,
     disk_mbps: Annotated[Optional[float], typer.Option(help="--data: throttle the pack's disk to this many MB/s (cgroup v1 blkio, root), as a slower disk: where the cores outrun the disk, the epoch is bound by reading, as the targets assume")] = None,
     work_dir: Annotated[Path, typer.Option(help="Data and experiments of --search/--asha, the packs of --data")] = Path("results/bench"),
     trials: Annotated[Optional[int], typer.Option(help="--search: InfiniteTalk-sized trials, two at a time [16: a default search's size]; --data: runs of 1 to N trials at once [2]")] = None,
@@ -66,7 +68,10 @@ def bench(
         bench_faults_command(work_dir)
         return
     if data:
-        bench_data_command(work_dir, size, 2 if trials is None else trials, disk_mbps)
+        bench_data_command(work_dir, 4.0 if size is None else size, 2 if trials is None else trials, disk_mbps)
+        return
+    if staging:
+        bench_staging_command(work_dir, 2.0 if size is None else size, uri)
         return
     if search or asha:
         from ..bench.asha import bench_asha
@@ -119,3 +124,19 @@ def bench_data_command(work_dir: Path, size: float, trials: int, disk_mbps: floa
     with console.status("benchmarking: data reading") as status:
         result = bench_data(work_dir, spec, progress=lambda what: status.update(f"benchmarking: {what}"))
     console.print(sections_table(f"tune-adapter bench: data ({size:g} GB pack)", data_sections(result)))
+
+
+def bench_staging_command(work_dir: Path, size: float, uri: str | None) -> None:
+    """--staging: a pack at a URI, staged into a node's cache; a search's first trial with it."""
+    from ..bench.s3_endpoint import NoEndpoint
+    from ..bench.staging import bench_staging, staging_sections
+    from ..display import console, sections_table
+    from ..errors import ConfigError
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with console.status("benchmarking: staging") as status:
+            result = bench_staging(work_dir, size, uri, progress=lambda what: status.update(f"benchmarking: {what}"))
+    except NoEndpoint as exc:
+        raise ConfigError(f"--staging needs an S3 endpoint: {exc}; or give --uri s3://BUCKET/PREFIX") from None
+    console.print(sections_table(f"tune-adapter bench: staging ({size:g} GB pack)", staging_sections(result)))

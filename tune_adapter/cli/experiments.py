@@ -29,7 +29,7 @@ def search(
     cpus_per_trial: Annotated[Optional[float], typer.Option(help=f"CPUs (and torch threads) per trial [{SearchOptions.cpus_per_trial:g}]")] = None,
     gpus_per_trial: Annotated[Optional[float], typer.Option(help=f"GPU fraction per trial, or whole GPUs above 1 [{SHARED_GPU} with GPUs, else 0]")] = None,
     max_concurrent: Annotated[Optional[int], typer.Option(help="Trials at once [as many as resources allow]")] = None,
-    storage: Annotated[Path, typer.Option(help="Folder of experiments")] = SearchOptions.storage,
+    storage: Annotated[str, typer.Option(metavar="DIR|URI", help="Folder of experiments, or a URI (s3://, gs://) as Ray Tune's storage_path")] = str(SearchOptions.storage),
     name: Annotated[Optional[str], typer.Option(help="Experiment name [the space file's name]")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Optuna sampler seed [{SearchOptions.seed}]")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped search of this name")] = SearchOptions.resume,
@@ -79,7 +79,8 @@ def search(
         console.print(f"[yellow]stopped with {outcome.finished} of {outcome.num_samples} trials finished: "
                       f"continue with the same command plus --resume")
         raise typer.Exit(1)
-    console.print(f"results: {shown_path(folder)}/trials.parquet, epochs.parquet", soft_wrap=True)
+    where = options.storage_uri or shown_path(folder)
+    console.print(f"results: {where}/trials.parquet, epochs.parquet", soft_wrap=True)
 
 
 def search_space_of(storage: Path, name: str | None, continue_search: bool) -> str:
@@ -89,7 +90,7 @@ def search_space_of(storage: Path, name: str | None, continue_search: bool) -> s
     from ..results import TRIALS_FILE, read_info
     from ..space import recorded_space
 
-    folder = Path(storage) / (name or "default")
+    folder = SearchOptions(space=Path(name or "default"), storage=storage, name=name or "default").experiment_dir
     return recorded_space(read_info(folder).space) if (folder / TRIALS_FILE).is_file() else "default"
 
 
@@ -165,6 +166,7 @@ def best(
     from ..edges import edge_warnings, search_winner
     from ..results import best_trial, open_experiment, read_epochs, read_trials
     from ..search.live import top_trials_table
+    from ..search.uri_storage import fetched_checkpoint
 
     from ..confirmation import confirm_table, has_confirmation, read_confirm
 
@@ -181,7 +183,7 @@ def best(
         if merge_into is not None:
             raise UserError("--merge-into needs --export (the merged copy is written there)")
         return
-    export = Path(export) if export != DEFAULT_VALUE else folder / "export"
+    export = Path(export) if export != DEFAULT_VALUE else default_export_folder(experiment, folder)
     if confirmed is not None:
         export_confirmed(folder, info, confirmed, export, merge_into, merged_file, allow_config_change)
         return
@@ -194,7 +196,15 @@ def best(
     note = "" if epoch == best_epoch else f" (its best epoch, {best_epoch}, has no checkpoint)"
     console.print(f"exporting trial {winner['trial_id']} at epoch {epoch}, val_l1 "
                   f"{winner['export_val_l1']:.4f}{note}", soft_wrap=True)
-    write_export(Path(winner["export_checkpoint"]), export, record, merge_into, merged_file, allow_config_change)
+    write_export(fetched_checkpoint(winner["export_checkpoint"]), export, record, merge_into, merged_file,
+                 allow_config_change)
+
+
+def default_export_folder(experiment: str | None, folder: Path) -> Path:
+    """The experiment's export/; for one at a URI, results/NAME/export/ here."""
+    from ..search.uri_storage import is_remote
+
+    return Path("results") / folder.name / "export" if is_remote(experiment) else folder / "export"
 
 
 def export_confirmed(folder: Path, info, runs, out: Path, merge_into: Path | None, merged_file: Path | None,
@@ -202,6 +212,7 @@ def export_confirmed(folder: Path, info, runs, out: Path, merge_into: Path | Non
     """Export the confirmed winner's run with the lowest val_l1, recording the confirmation."""
     from ..confirmation import confirm_record, winner_run
     from ..display import console
+    from ..search.uri_storage import fetched_checkpoint
 
     run = winner_run(runs)
     if run is None:
@@ -222,7 +233,7 @@ def export_confirmed(folder: Path, info, runs, out: Path, merge_into: Path | Non
         record["test_metrics"] = {k: run[k] for k in ("test_l1", "test_mse", "test_cos")}
     console.print(f"exporting the confirmed winner {run['trial_id']}: run {run['run_id']} (seed {run['seed']}), "
                   f"its lowest val_l1 over seeds, {run['best_val_l1']:.4f}", soft_wrap=True)
-    write_export(Path(run["checkpoint"]), out, record, merge_into, merged_file, allow_config_change)
+    write_export(fetched_checkpoint(run["checkpoint"]), out, record, merge_into, merged_file, allow_config_change)
 
 
 def _int(value):

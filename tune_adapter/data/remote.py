@@ -19,6 +19,10 @@ from ..errors import DataError
 from .pack import INDEX_FILE, PACK_FORMAT, VERIFIED_FILE
 
 SPLITS = ("train", "val")
+# One request per 32 MiB, not pyarrow's 1 MiB: per-request costs dominate object stores (a
+# 256 MiB object from moto's server: 5.9 MiB/s in 1 MiB reads, 120 in 32 MiB, 141 in 64 MiB);
+# with pyarrow's 8 I/O threads at most 256 MiB are in flight.
+COPY_CHUNK = 32 << 20
 
 
 def is_uri(location: str | Path | None) -> bool:
@@ -99,9 +103,10 @@ def download(uri: str, relative: str, dest: Path) -> None:
 
 def copy(source: pafs.FileSystem, src: str, destination: pafs.FileSystem, dest: str, uri: str) -> None:
     try:
-        destination.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+        is_folder = source.get_file_info(src).type == pafs.FileType.Directory
+        destination.create_dir(dest if is_folder else dest.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(src, dest, source_filesystem=source, destination_filesystem=destination,
-                        use_threads=True)
+                        chunk_size=COPY_CHUNK, use_threads=True)
     except (pa.ArrowException, OSError) as exc:
         if is_disk_full(exc):
             raise  # the caller's to name, and to clean up after

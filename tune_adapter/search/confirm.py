@@ -26,6 +26,7 @@ from ..confirmation import (
 )
 from ..data import PackedClips, TrainData, pack_manifest, read_manifest
 from ..data.remote import is_uri
+from .uri_storage import is_remote
 from ..data.pack import clip_identities
 from ..errors import ConfigError, DataError
 from ..results import ExperimentInfo, open_experiment, read_trials
@@ -154,6 +155,9 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
     from .live import LiveTable
     from .storage import linking_filesystem
 
+    if is_remote(options.experiment):
+        raise ConfigError(f"--experiment {options.experiment}: confirm runs on an experiment folder it can write "
+                          "to, not on one at a URI yet; run it where a search's folder is (--storage DIR)")
     folder, info = open_experiment(options.experiment)
     folder = folder.resolve()
     settings = search_settings(folder, info)

@@ -30,6 +30,7 @@ from .storage import linking_filesystem
 from .continuation import carry_earlier_runs, check_warm_starts, open_run_study, time_budget
 from .study import has_study, journal_storage, open_study, reconcile
 from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
+from .uri_storage import fetch_own_files, upload_own_files
 
 # Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
 # numbers it warns about are ours to read in Parquet, not the user's console.
@@ -63,7 +64,7 @@ def data_sources(options: SearchOptions) -> dict:
     if manifest is None and options.data is None:
         from .quickstart import quickstart_manifests
 
-        manifest, val_manifest = quickstart_manifests(Path(options.storage))
+        manifest, val_manifest = quickstart_manifests(options.local_storage)
     absolute = lambda path: None if path is None else str(Path(path).resolve())  # noqa: E731
     return {"manifest": absolute(manifest), "val_manifest": absolute(val_manifest),
             "val_fraction": options.val_fraction, "cache_dir": absolute(options.cache_dir),
@@ -107,20 +108,33 @@ def experiment_info(options: SearchOptions, space: SearchSpace, params: list[str
 def check_experiment_folder(options: SearchOptions) -> None:
     from ray.tune import Tuner
 
+    if options.storage_uri is not None:
+        sync_mirror(options)
     exists = options.experiment_dir.exists()
     if options.continue_search and not options.resume:
         if not (options.experiment_dir / TRIALS_FILE).is_file():
             raise ConfigError(f"--continue: {options.experiment_dir} holds no search to add trials to: give "
                               "the --name (and --storage) of an earlier search, or drop --continue")
         return
-    if options.resume and not (exists and Tuner.can_restore(str(options.experiment_dir),
-                                                           storage_filesystem=linking_filesystem())):
+    storage = tune_storage(options)
+    if options.resume and not (exists and Tuner.can_restore(options.storage_uri or str(options.experiment_dir),
+                                                           storage_filesystem=storage["storage_filesystem"])):
         raise ConfigError(f"--resume: {options.experiment_dir} holds no search to resume; drop --resume")
     if not options.resume and exists and any(options.experiment_dir.iterdir()):
         raise ConfigError(
             f"{options.experiment_dir} already holds a search: add --resume to continue it, "
             "or give --name for a new one"
         )
+
+
+def sync_mirror(options: SearchOptions) -> None:
+    """--storage URI: the local mirror as the URI holds it, except where this machine ran the
+    search being resumed or continued: its mirror is then the newest (uploads lag it)."""
+    mirror = options.experiment_dir
+    if (options.resume or options.continue_search) and (mirror / TRIALS_FILE).is_file():
+        return
+    shutil.rmtree(mirror, ignore_errors=True)
+    fetch_own_files(options.storage_uri, mirror)
 
 
 def start_ray(options: SearchOptions) -> bool:
@@ -212,9 +226,10 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
     open_run_study(options, info, prepared.distributions)  # refused resources write nothing
     wrapped = tune.with_resources(tune.with_parameters(trainable, setup=prepared.setup), resources)
     if options.resume:
-        return tune.Tuner.restore(str(options.experiment_dir), trainable=wrapped,
+        storage = tune_storage(options)
+        return tune.Tuner.restore(options.storage_uri or str(options.experiment_dir), trainable=wrapped,
                                   resume_unfinished=True, resume_errored=False, restart_errored=False,
-                                  storage_filesystem=linking_filesystem())
+                                  storage_filesystem=storage["storage_filesystem"])
     searcher = PrunedAwareOptunaSearch(space=space.function, metric=info.metric, mode=info.mode,
                                        sampler=make_sampler(options, prepared.distributions),
                                        max_epochs=options.max_epochs,
@@ -231,8 +246,7 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
                                     trial_dirname_creator=trial_dirname,
                                     max_concurrent_trials=max_concurrent(options, resources)),
         run_config=tune.RunConfig(
-            name=options.experiment_name, storage_path=str(options.experiment_dir.parent), verbose=0,
-            storage_filesystem=linking_filesystem(),
+            name=options.experiment_name, verbose=0, **tune_storage(options),
             callbacks=callbacks, stop=BudgetStopper(),
             # Tune always keeps the latest checkpoint too, so a trial can resume.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=info.metric,
@@ -240,6 +254,14 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     )
+
+
+def tune_storage(options: SearchOptions) -> dict:
+    """Tune's storage: a URI as given (Tune uploads from every node), else the folder on
+    the linking filesystem (storage.py)."""
+    if options.storage_uri is not None:
+        return {"storage_path": str(options.storage), "storage_filesystem": None}
+    return {"storage_path": str(options.experiment_dir.parent), "storage_filesystem": linking_filesystem()}
 
 
 def finals_at(options: SearchOptions) -> int | None:
@@ -368,7 +390,7 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
     the time budget is spent, or the driver is stopped."""
     from .hparams import TensorBoardScalars
     from .live import LiveTable
-    from .record import StoreCallback
+    from .record import MirrorUpload, StoreCallback
 
     prepared = prepare_search(options)
     info = prepared.info
@@ -377,13 +399,18 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         store = StoreCallback(options.experiment_dir, info)
         live = [] if options.quiet else [LiveTable(info, console, earlier_counts(options, prepared))]
         callbacks = [store, TensorBoardScalars(), *live]
+        if options.storage_uri is not None:
+            callbacks.append(MirrorUpload(options.experiment_dir, options.storage_uri))
         grid = build_tuner(options, prepared, trainable, callbacks).fit()
         # fit() has returned: no trial of this search runs on any node, so every scratch folder
         # left (the checkpoints of ended actors, wherever they ran) is of no further use.
         shutil.rmtree(options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
         info.extra[SPENT_KEY] = clock.spent()
-        return finish(options, prepared, {Path(r.path).name.removeprefix("trial_"): r for r in grid},
-                      clock.is_spent())
+        outcome = finish(options, prepared, {Path(r.path).name.removeprefix("trial_"): r for r in grid},
+                         clock.is_spent())
+    if options.storage_uri is not None:
+        upload_own_files(options.experiment_dir, options.storage_uri)
+    return outcome
 
 
 def ready_nodes(setup: TrialSetup, quiet: bool, console=None) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..config import TrainConfig
+from .uri_storage import is_remote, join, local_path, mirror_root
 from ..errors import ConfigError
 
 # Flags a space file may default with an upper-case constant (NUM_SAMPLES = 32, ...): a
@@ -45,7 +46,7 @@ class SearchOptions:
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs and GPUs allow
     max_failures: int = 1
     seed: int = 0
-    storage: Path = Path("results")
+    storage: str | Path = Path("results")  # a folder, or a URI (s3://, gs://): uri_storage.py
     name: str | None = None  # None: the space file's name
     resume: bool = False
     address: str | None = None
@@ -97,8 +98,19 @@ class SearchOptions:
         return self.name or self.space.stem
 
     @property
+    def storage_uri(self) -> str | None:
+        """URI/NAME of the experiment where --storage is object storage, else None."""
+        return join(str(self.storage), self.experiment_name) if is_remote(self.storage) else None
+
+    @property
+    def local_storage(self) -> Path:
+        """The folder of experiments on this machine: --storage, or a URI's local mirror."""
+        return mirror_root(str(self.storage)) if is_remote(self.storage) else local_path(self.storage)
+
+    @property
     def experiment_dir(self) -> Path:
-        return (Path(self.storage) / self.experiment_name).resolve()
+        """The experiment's folder here: tune-adapter's files (a URI's mirror of them)."""
+        return (self.local_storage / self.experiment_name).resolve()
 
 
 def resolve_options(space_defaults: dict, **flags) -> SearchOptions:

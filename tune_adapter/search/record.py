@@ -19,12 +19,14 @@ from ..results import START_METRICS, START_PREFIX, ExperimentInfo, TrialStore
 from . import budget, hparams
 from .scheduler import is_baseline
 from .recover import repair_checkpoint, skip_stored_checkpoints
+from .uri_storage import checkpoint_location, upload_own_files
 
 # Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),
 # or at Tune's first experiment snapshot after it ("Ns": Tune has then registered the
 # checkpoint and deleted the one it replaces, but its snapshot on storage still names that
 # one), so the fault stress test (bench/faults.py) crashes a search at chosen moments.
 KILL_AFTER_ENV = "TUNE_ADAPTER_KILL_AFTER"
+MIRROR_UPLOAD_EVERY_S = 30.0  # --storage URI: tune-adapter's files uploaded at most this often, and at each trial's end
 
 
 def kill_point(value: str) -> tuple[int, bool]:
@@ -153,7 +155,8 @@ class StoreCallback(Callback):
         self.note_time()
         epoch = (trial.last_result or {}).get("epoch")
         if epoch is not None:
-            self.store.record_checkpoint(trial.trial_id, int(epoch), checkpoint.path)
+            self.store.record_checkpoint(trial.trial_id, int(epoch),
+                                         checkpoint_location(checkpoint.path, checkpoint.filesystem))
         else:
             self.store.write()
         self.count_event()
@@ -216,3 +219,22 @@ def log_start_to_tensorboard(trial, result: dict) -> None:
         for name in START_METRICS:
             if name != "epoch_seconds" and result.get(START_PREFIX + name) is not None:
                 writer.add_scalar(f"ray/tune/{name}", result[START_PREFIX + name], global_step=0)
+
+
+class MirrorUpload(Callback):
+    """Uploads the mirror's own files as the search goes (the store writes them first)."""
+
+    def __init__(self, mirror: Path, uri: str, every_s: float = MIRROR_UPLOAD_EVERY_S):
+        self.mirror, self.uri, self.every_s = mirror, uri, every_s
+        self.last = 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if time.monotonic() - self.last >= self.every_s:
+            self.upload()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.upload()
+
+    def upload(self) -> None:
+        upload_own_files(self.mirror, self.uri)
+        self.last = time.monotonic()

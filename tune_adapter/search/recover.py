@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from ..results import TrialRecord
+from .uri_storage import checkpoint_exists
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000003
 
@@ -34,7 +35,7 @@ def newest_recorded(record: TrialRecord | None) -> tuple[int, str] | None:
     """(epoch, path) of the newest checkpoint the store names that is still on storage."""
     if record is None:
         return None
-    kept = [(epoch, path) for epoch, path in record.checkpoints.items() if Path(path).is_dir()]
+    kept = [(epoch, path) for epoch, path in record.checkpoints.items() if checkpoint_exists(path)]
     return max(kept) if kept else None
 
 
@@ -69,7 +70,7 @@ def skip_stored_checkpoints(trial) -> None:
     storage = trial.storage
     if storage.trial_dir_name is None:  # a new trial: no folder yet
         return
-    highest = highest_checkpoint_index(Path(storage.trial_fs_path))
+    highest = highest_checkpoint_index(storage.storage_filesystem, storage.trial_fs_path)
     if highest is not None:  # Tune persists the next checkpoint at the index after this one
         storage.current_checkpoint_index = max(storage.current_checkpoint_index, highest)
 
@@ -89,12 +90,18 @@ def register(trial, record: TrialRecord, epoch: int, path: str) -> None:
 
     metrics = {**record.epochs.get(epoch, {}), "epoch": epoch, "training_iteration": epoch,
                "trial_id": trial.trial_id}
-    checkpoint = Checkpoint(path, filesystem=trial.storage.storage_filesystem)
+    checkpoint = Checkpoint(path.split("://", 1)[-1], filesystem=trial.storage.storage_filesystem)
     trial.on_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
 
 
-def highest_checkpoint_index(trial_dir: Path) -> int | None:
-    names = [p.name.removeprefix(CHECKPOINT_PREFIX) for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*")]
+def highest_checkpoint_index(fs: pafs.FileSystem, trial_dir: str) -> int | None:
+    """The highest checkpoint_N in a trial's folder on storage (a folder, or a URI's)."""
+    try:  # seen once in the suite: "Cannot list directory" of a trial folder not there (yet)
+        infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+    except FileNotFoundError:
+        return None
+    names = [Path(i.path).name.removeprefix(CHECKPOINT_PREFIX) for i in infos
+             if Path(i.path).name.startswith(CHECKPOINT_PREFIX)]
     indices = [int(n) for n in names if n.isdigit()]
     return max(indices) if indices else None
 
