@@ -368,6 +368,13 @@ def test_a_search_from_a_file_starts_every_trial_there(synth_small, tmp_path):
         (trial_dir,) = folder.glob(f"trial_{trial_id}*")
         steps = scalars(trial_dir, "ray/tune/val_l1")
         assert steps[0] == pytest.approx(starts["val_l1"].iloc[0], rel=1e-6) and 1 in steps
+    # confirm reruns the search's trials as they ran: from the same start, not from scratch.
+    from tune_adapter.confirmation import read_confirm_epochs
+    from tune_adapter.search.confirm import ConfirmOptions, run_confirm
+
+    run_confirm(ConfirmOptions(experiment=folder, top=1, seeds=1, epochs=1, quiet=True))
+    confirm_starts = read_confirm_epochs(folder).query("epoch == 0")["val_l1"]
+    assert len(confirm_starts) and confirm_starts.to_numpy() == pytest.approx(starts["val_l1"].iloc[0], rel=1e-6)
 
 
 def scalars(folder, tag: str) -> dict[int, float]:

@@ -35,6 +35,9 @@ def search_args(tmp_path, synth, *extra) -> list[str]:
     # A trial runs on one node: two 1-GPU nodes cannot hold a 2-GPU trial.
     ({"cpu": 1, "gpu": 2}, [{"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}], "at most 1 on one of 2 node(s)"),
     ({"cpu": 4, "gpu": 0}, [{"CPU": 2}], "--cpus-per-trial 4: no node"),
+    # CPUs on one node, the GPU on another: no node holds the trial.
+    ({"cpu": 4, "gpu": 0.5}, [{"CPU": 64}, {"CPU": 2, "GPU": 1}],
+     "--cpus-per-trial 4 with --gpus-per-trial 0.5: no node of the Ray cluster has both"),
 ])
 def test_a_trial_no_node_can_hold_is_refused(resources, nodes, message):
     from tune_adapter.search.driver import check_fits

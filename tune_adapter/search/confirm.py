@@ -102,23 +102,25 @@ def search_settings(folder: Path, info: ExperimentInfo) -> dict:
 
 def check_test_apart(test_manifest: Path, data: TrainData, test: PackedClips | None = None) -> None:
     """Refuse a test set that shares a clip with training or validation: by resolved audio
-    path (before packing), then by the hash of the audio tensor (after)."""
-    splits = [("training", data.train), ("validation", data.val)]
-    known = {split: clip_identities(pack) for split, pack in splits}
+    path (before packing), then by the hash of the audio tensor (after). Lookups in dicts:
+    100k training clips against 5k test clips is 105k steps, not 5 x 10^8 comparisons."""
+    by_path, by_digest = {}, {}
+    for split, pack in (("training", data.train), ("validation", data.val)):
+        for name, path, digest in clip_identities(pack):
+            by_path.setdefault(path, (split, name, path))
+            by_digest.setdefault(digest, (split, name, path))
     if test is None:
         for entry in read_manifest(test_manifest):
-            for split, clips in known.items():
-                for name, path, _ in clips:
-                    if str(entry.audio) == path:
-                        raise ConfigError(f"--test-manifest {test_manifest}: clip {entry.audio_as_written} is "
-                                          f"also a {split} clip ({path}): the test set must be held apart")
+            if str(entry.audio) in by_path:
+                split, _, path = by_path[str(entry.audio)]
+                raise ConfigError(f"--test-manifest {test_manifest}: clip {entry.audio_as_written} is "
+                                  f"also a {split} clip ({path}): the test set must be held apart")
         return
     for test_name, _, digest in clip_identities(test):
-        for split, clips in known.items():
-            for name, path, other in clips:
-                if digest == other:
-                    raise ConfigError(f"--test-manifest {test_manifest}: clip {test_name} has the same audio "
-                                      f"as {split} clip {name} ({path}): the test set must be held apart")
+        if digest in by_digest:
+            split, name, path = by_digest[digest]
+            raise ConfigError(f"--test-manifest {test_manifest}: clip {test_name} has the same audio "
+                              f"as {split} clip {name} ({path}): the test set must be held apart")
 
 
 def load_test(test_manifest: Path, data: TrainData, cache_dir: str | None) -> PackedClips:
@@ -190,7 +192,8 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
     base = TrainConfig(epochs=epochs, mixed_precision=search_options.mixed_precision,
                        save_every=search_options.checkpoint_every, moments_in_last_checkpoint=False,
                        keep_freed_memory=keeps_freed_memory(search_options),
-                       shuffle_window=settings.get("shuffle_window", 0))  # searches before windows: none
+                       shuffle_window=settings.get("shuffle_window", 0),  # searches before windows: none
+                       init_from=settings.get("init_from"), init_partial=settings.get("init_partial", False))
     uri = settings["data"].get("data")
     setup = TrialSetup(base=base, train_pack=str(data.train.root), val_pack=str(data.val.root),
                        data_uri=uri if is_uri(uri) else None,

@@ -92,7 +92,9 @@ def search_record(options: SearchOptions, sources: dict) -> dict:
             "finalists": options.finalists, "shuffle_window": options.shuffle_window,
             "checkpoint_every": options.checkpoint_every, "cpus_per_trial": options.cpus_per_trial,
             "gpus_per_trial": options.gpus_per_trial, "max_concurrent": options.max_concurrent,
-            "max_failures": options.max_failures, "time_budget": options.time_budget}
+            "max_failures": options.max_failures, "time_budget": options.time_budget,
+            "init_from": str(Path(options.init_from).resolve()) if options.init_from else None,
+            "init_partial": options.init_partial}
 
 
 def experiment_info(options: SearchOptions, space: SearchSpace, params: list[str], probed) -> ExperimentInfo:
@@ -188,19 +190,27 @@ def trial_resources(options: SearchOptions) -> dict:
 def check_fits(resources: dict, nodes: list[dict]) -> None:
     """Refuse a trial no node can hold: Ray would keep it pending forever, in silence.
 
-    A trial runs on one node, so the largest node counts, not the cluster's sum. A cluster
-    that an autoscaler would grow is not foreseen: its missing nodes count as absent.
+    A trial runs on one node, so one node must hold its CPUs and its GPUs together; the
+    cluster's sum does not count. A cluster that an autoscaler would grow is not foreseen:
+    its missing nodes count as absent.
     """
+    wanted = {"CPU": resources["cpu"], "GPU": resources["gpu"]}
+    if any(all(node.get(unit, 0.0) >= amount - 1e-9 for unit, amount in wanted.items() if amount > 0)
+           for node in nodes):
+        return
     for key, flag, unit in (("gpu", "--gpus-per-trial", "GPU"), ("cpu", "--cpus-per-trial", "CPU")):
-        wanted, held = resources[key], [node.get(unit, 0.0) for node in nodes]
-        largest = max(held, default=0.0)
-        if wanted <= 0 or largest >= wanted - 1e-9:
+        amount, largest = resources[key], max((node.get(unit, 0.0) for node in nodes), default=0.0)
+        if amount <= 0 or largest >= amount - 1e-9:
             continue
         if largest == 0 and key == "gpu":
-            raise ConfigError(f"{flag} {wanted:g}: the Ray cluster has no GPUs ({len(nodes)} node(s)); "
+            raise ConfigError(f"{flag} {amount:g}: the Ray cluster has no GPUs ({len(nodes)} node(s)); "
                               f"use {flag} 0 to train on CPUs, or --address of a cluster with GPUs")
-        raise ConfigError(f"{flag} {wanted:g}: no node of the Ray cluster has that many {unit}s "
+        raise ConfigError(f"{flag} {amount:g}: no node of the Ray cluster has that many {unit}s "
                           f"(at most {largest:g} on one of {len(nodes)} node(s)); use {flag} {largest:g} or less")
+    with_gpus = [node.get("CPU", 0.0) for node in nodes if node.get("GPU", 0.0) >= wanted["GPU"] - 1e-9]
+    raise ConfigError(f"--cpus-per-trial {wanted['CPU']:g} with --gpus-per-trial {wanted['GPU']:g}: no node of the "
+                      f"Ray cluster has both (its nodes with {wanted['GPU']:g} GPU have at most {max(with_gpus):g} "
+                      f"CPUs; a trial runs on one node); use --cpus-per-trial {max(with_gpus):g} or less")
 
 
 def max_concurrent(options: SearchOptions, resources: dict) -> int:
