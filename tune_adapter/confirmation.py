@@ -6,8 +6,9 @@ epochs, no pruning): `run_id` (Tune's id of the run), `trial_id` (the search tri
 configuration it trains), `seed`, `baseline`, `number`, `status`, the configuration's
 parameters, `epochs`, `best_epoch`, `best_val_l1`, `best_val_mse`, `best_val_cos`,
 `test_epoch` and `test_l1`, `test_mse`, `test_cos` (with a test manifest: scored once, at the
-run's best checkpointed epoch by val_l1), `checkpoint` (that epoch's), `wall_seconds`,
-`error`. `confirm_epochs.parquet`: one row per run per epoch, as epochs.parquet plus
+run's best checkpointed epoch by val_l1), `checkpoint` (that epoch's) with
+`checkpoint_epoch` and its `checkpoint_val_l1`, `_mse`, `_cos` (what an export of the run
+holds), `wall_seconds`, `error`. `confirm_epochs.parquet`: one row per run per epoch, as epochs.parquet plus
 `run_id` and `seed`. Both are written as the search's files are (results.TrialStore).
 """
 
@@ -37,6 +38,7 @@ SEED_KEY = "seed"
 SOURCE_KEY = "source_trial"  # the run's Tune config key naming the search trial
 RUN_KEYS = (SEED_KEY, SOURCE_KEY)
 TEST_METRICS = ("test_l1", "test_mse", "test_cos")
+CHECKPOINT_METRICS = ("val_l1", "val_mse", "val_cos")
 
 
 class ConfirmStore(TrialStore):
@@ -72,13 +74,16 @@ class ConfirmStore(TrialStore):
     def row(self, record: TrialRecord) -> dict:
         full = record.row(self.info.params)
         test = self.tests.get(record.trial_id, {})
+        scored = scored_epoch(record)
+        at_checkpoint = record.epochs.get(scored, {}) if scored is not None else {}
         return {
             "run_id": record.trial_id, "trial_id": record.params.get(SOURCE_KEY),
             "seed": record.params.get(SEED_KEY), "baseline": record.baseline, "number": record.number,
             "status": record.status, **{p: record.params.get(p) for p in self.search_params},
             **{k: full[k] for k in ("epochs", "best_epoch", "best_val_l1", "best_val_mse", "best_val_cos")},
             "test_epoch": test.get("epoch"), **{k: test.get(k) for k in TEST_METRICS},
-            "checkpoint": record.kept_checkpoint(scored_epoch(record)),
+            "checkpoint": record.kept_checkpoint(scored), "checkpoint_epoch": scored,
+            **{f"checkpoint_{k}": at_checkpoint.get(k) for k in CHECKPOINT_METRICS},
             "wall_seconds": record.wall_seconds, "error": record.error,
         }
 
@@ -98,7 +103,9 @@ class ConfirmStore(TrialStore):
             + [(p, _param_type([r[p] for r in rows])) for p in self.search_params]
             + [("epochs", pa.int64()), ("best_epoch", pa.int64())] + [(m, pa.float64()) for m in floats]
             + [("test_epoch", pa.int64())] + [(m, pa.float64()) for m in TEST_METRICS]
-            + [("checkpoint", pa.string()), ("wall_seconds", pa.float64()), ("error", pa.string())]
+            + [("checkpoint", pa.string()), ("checkpoint_epoch", pa.int64())]
+            + [(f"checkpoint_{m}", pa.float64()) for m in CHECKPOINT_METRICS]
+            + [("wall_seconds", pa.float64()), ("error", pa.string())]
         )
 
 
@@ -223,15 +230,21 @@ def verdict_lines(runs) -> list[str]:
 
 
 def winner_run(runs) -> dict | None:
-    """The confirmed winner's run with the lowest val_l1 that has a checkpoint: what
-    `best --export` exports."""
+    """The confirmed winner's run whose checkpoint scores the lowest val_l1: what `best
+    --export` exports, ranked by the epoch it exports (a run's best epoch may have no
+    checkpoint with --checkpoint-every > 1). Files written before checkpoint_val_l1 rank by
+    best_val_l1."""
+    from .search.uri_storage import checkpoint_exists
+
     winner = confirmed_winner(runs)
     done = finished_runs(runs)
     mine = done[(done["trial_id"] == winner) & done["checkpoint"].notna()]
-    mine = mine[mine["checkpoint"].map(lambda p: isinstance(p, str) and Path(p).is_dir())]
+    mine = mine[mine["checkpoint"].map(lambda p: isinstance(p, str) and checkpoint_exists(p))]
     if mine.empty:
         return None
-    return mine.sort_values(["best_val_l1", "seed"], kind="stable").iloc[0].to_dict()
+    key = "checkpoint_val_l1" if "checkpoint_val_l1" in mine and mine["checkpoint_val_l1"].notna().all() \
+        else "best_val_l1"
+    return mine.sort_values([key, "seed"], kind="stable").iloc[0].to_dict()
 
 
 def confirm_record(runs, trial_id: str) -> dict:

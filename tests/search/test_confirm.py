@@ -247,3 +247,62 @@ def test_a_killed_confirmation_resumes_and_runs_every_run_once(confirmed, tmp_pa
     epochs = pd.read_parquet(folder / CONFIRM_EPOCHS_FILE)
     assert not epochs.duplicated(["run_id", "epoch"]).any()
     assert sorted(set(epochs["epoch"])) == [0, 1, 2]
+
+
+def test_the_exported_run_is_ranked_by_the_epoch_it_exports(tmp_path):
+    """With --checkpoint-every > 1 a run's best epoch may have no checkpoint: seed 0's best
+    (0.10) is unsaved and its checkpoint scores 0.30, seed 1's checkpoint 0.20: seed 1 is
+    exported, with the metrics of the epoch exported."""
+    from tune_adapter.confirmation import winner_run
+
+    for seed in (0, 1):
+        (tmp_path / f"ckpt{seed}").mkdir()
+    runs = pd.DataFrame({
+        "trial_id": ["a", "a", "b"], "run_id": ["r0", "r1", "r2"], "seed": [0, 1, 0], "status": "completed",
+        "baseline": [False, False, True], "best_val_l1": [0.10, 0.20, 0.40], "test_l1": [None] * 3,
+        "checkpoint": [str(tmp_path / "ckpt0"), str(tmp_path / "ckpt1"), str(tmp_path / "ckpt1")],
+        "checkpoint_epoch": [4, 6, 6], "checkpoint_val_l1": [0.30, 0.20, 0.40]})
+    assert winner_run(runs)["run_id"] == "r1"
+    older = runs.drop(columns=["checkpoint_epoch", "checkpoint_val_l1"])  # a file from before: best_val_l1
+    assert winner_run(older)["run_id"] == "r0"
+
+
+def test_a_finished_confirmation_run_is_not_trained_again_after_a_crash(tmp_path, monkeypatch):
+    """Tune, restored from a stale snapshot, runs a finished run again: the trial finds it
+    finished in confirm.parquet (beside Tune's confirm/ folder) and only reports its last epoch."""
+    from types import SimpleNamespace
+
+    from tune_adapter.confirmation import CONFIRM_FOLDER, SEED_KEY, SOURCE_KEY, ConfirmStore
+    from tune_adapter.results import ExperimentInfo
+    from tune_adapter.search import trial
+
+    store = ConfirmStore(tmp_path, ExperimentInfo(name="x confirm", params=["lr", SEED_KEY, SOURCE_KEY], max_epochs=2))
+    params = {"lr": 1e-3, SEED_KEY: 0, SOURCE_KEY: "t1"}
+    metrics = {"val_l1": 0.5, "val_mse": 0.3, "val_cos": 0.9, "train_loss": 0.4, "epoch_seconds": 1.0, "step": 3}
+    for epoch in (1, 2):
+        store.record_epoch("run1", params, {**metrics, "epoch": epoch, "val_l1": 0.5 / epoch}, 1.0)
+    store.record_end("run1", params, "completed")
+    monkeypatch.setattr(trial.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "run1"))
+    setup = SimpleNamespace(experiment_dir=str(tmp_path / CONFIRM_FOLDER))
+    assert trial.recorded_result(setup) == pytest.approx({**metrics, "epoch": 2, "val_l1": 0.25})
+    monkeypatch.setattr(trial.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "run2"))
+    assert trial.recorded_result(setup) is None  # not finished: it trains
+
+
+def test_a_lost_confirmation_run_leaves_no_checkpoint_behind(tmp_path):
+    """A run Tune's snapshot never saw (it started after it) is dropped on resume, with its
+    checkpoint folder under confirm/ (about 0.9 GB at InfiniteTalk's dims)."""
+    from tune_adapter.confirmation import CONFIRM_FOLDER, SEED_KEY, SOURCE_KEY
+    from tune_adapter.results import ExperimentInfo
+    from tune_adapter.search.confirm import ConfirmCallback
+
+    callback = ConfirmCallback(tmp_path, ExperimentInfo(name="x confirm", params=["lr", SEED_KEY, SOURCE_KEY],
+                                                        max_epochs=2))
+    callback.setup()
+    checkpoint = tmp_path / CONFIRM_FOLDER / "trial_lost" / "checkpoint_000000"
+    checkpoint.mkdir(parents=True)
+    metrics = {"val_l1": 0.5, "val_mse": 0.3, "val_cos": 0.9, "train_loss": 0.4, "epoch_seconds": 1.0, "step": 3}
+    callback.store.record_epoch("lost", {"lr": 1e-3, SEED_KEY: 0, SOURCE_KEY: "t1"}, {**metrics, "epoch": 1}, 1.0)
+    callback.store.record_checkpoint("lost", 1, str(checkpoint))
+    callback.drop_lost_trials([])
+    assert not checkpoint.parent.exists() and "lost" not in callback.store.trials

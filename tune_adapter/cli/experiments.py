@@ -219,21 +219,25 @@ def export_confirmed(folder: Path, info, runs, out: Path, merge_into: Path | Non
         raise UserError(f"{folder}: the confirmed winner has no finished run with a checkpoint: "
                         "let `tune-adapter confirm --resume` finish")
     params = [p for p in info.params if p in run]
+    # The metrics of the epoch exported (files written before checkpoint_* hold the best's).
+    exported = "checkpoint" if _int(run.get("checkpoint_epoch")) is not None else "best"
+    checkpoint = fetched_checkpoint(run["checkpoint"])
     record = {"experiment": str(folder), "trial_id": run["trial_id"], "run_id": run["run_id"],
-              "seed": int(run["seed"]), "status": run["status"], "epoch": _int(run["test_epoch"]),
+              "seed": int(run["seed"]), "status": run["status"], "epoch": _int(run.get("checkpoint_epoch")),
               "best_epoch": _int(run["best_epoch"]), "parameters": {p: run[p] for p in params},
-              "metrics": {k: run[f"best_{k}"] for k in ("val_l1", "val_mse", "val_cos")},
+              "metrics": {k: run[f"{exported}_{k}"] for k in ("val_l1", "val_mse", "val_cos")},
               "confirm": confirm_record(runs, run["trial_id"])}
-    if record["epoch"] is None:  # no test set: the run's checkpointed best epoch
+    if record["epoch"] is None:
         from ..checkpoint import STATE_FILE
         import json
 
-        record["epoch"] = json.loads((Path(run["checkpoint"]) / STATE_FILE).read_text())["epoch"]
+        record["epoch"] = json.loads((checkpoint / STATE_FILE).read_text())["epoch"]
     if run.get("test_l1") == run.get("test_l1") and run.get("test_l1") is not None:
         record["test_metrics"] = {k: run[k] for k in ("test_l1", "test_mse", "test_cos")}
     console.print(f"exporting the confirmed winner {run['trial_id']}: run {run['run_id']} (seed {run['seed']}), "
-                  f"its lowest val_l1 over seeds, {run['best_val_l1']:.4f}", soft_wrap=True)
-    write_export(fetched_checkpoint(run["checkpoint"]), out, record, merge_into, merged_file, allow_config_change)
+                  f"the lowest val_l1 of its seeds' checkpoints, {record['metrics']['val_l1']:.4f} at epoch "
+                  f"{record['epoch']}", soft_wrap=True)
+    write_export(checkpoint, out, record, merge_into, merged_file, allow_config_change)
 
 
 def _int(value):

@@ -66,6 +66,10 @@ class ConfirmCallback(StoreCallback):
     def open_store(self) -> ConfirmStore:
         return ConfirmStore(self.folder, self.info)
 
+    @property
+    def tune_folder(self) -> Path:
+        return self.folder / CONFIRM_FOLDER  # the runs' Tune folder, inside the search's
+
 
 def plan_runs(trials, params: list[str], top: int, seeds: int) -> list[dict]:
     """Tune configs of the runs: the top configurations by best val_l1 and the baseline,

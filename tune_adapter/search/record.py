@@ -64,6 +64,11 @@ def error_message(trial) -> str:
 class StoreCallback(Callback):
     hparams_tab = True  # write TensorBoard's HParams entries (hparams.py)
 
+    @property
+    def tune_folder(self) -> Path:
+        """Tune's experiment folder, holding the trials' checkpoint folders."""
+        return self.folder
+
     def __init__(self, folder: Path, info: ExperimentInfo):
         self.folder, self.info = Path(folder), info
         self.store: TrialStore | None = None
@@ -118,7 +123,7 @@ class StoreCallback(Callback):
         lost = {t for t, r in self.store.trials.items() if t not in known and r.number >= run_start}
         for trial_id in lost:
             for path in self.store.trials[trial_id].checkpoints.values():
-                if Path(path).parent.parent == self.folder:  # trial_ID/checkpoint_N of this experiment
+                if Path(path).parent.parent == self.tune_folder:  # trial_ID/checkpoint_N of this experiment
                     shutil.rmtree(Path(path).parent, ignore_errors=True)
         if lost:
             self.store.drop(lost)

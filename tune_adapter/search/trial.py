@@ -133,18 +133,28 @@ def recorded_result(setup: TrialSetup) -> dict | None:
 
     After a SIGKILL, Tune can run a finished trial again from its stale snapshot.
     """
-    folder = Path(setup.experiment_dir)
-    if not (folder / "trials.parquet").is_file():
+    store = trials_store(Path(setup.experiment_dir))
+    if store is None:
         return None
-    from ..results import read_info
-
-    store = TrialStore(folder, read_info(folder))
     trial_id = tune.get_context().get_trial_id()
     record = store.trials.get(trial_id)
     if not store.is_finished(trial_id) or not record.trained():
         return None
     last = max(record.trained())
     return {**record.epochs[last], "epoch": last}
+
+
+def trials_store(folder: Path) -> TrialStore | None:
+    """The store of the trials run in Tune's experiment `folder`: a search's trials.parquet
+    in it, or a confirmation's confirm.parquet beside its Tune folder (confirm/)."""
+    from ..confirmation import CONFIRM_FILE, CONFIRM_FOLDER, ConfirmStore, read_confirm_info
+    from ..results import TRIALS_FILE, read_info
+
+    if (folder / TRIALS_FILE).is_file():
+        return TrialStore(folder, read_info(folder))
+    if folder.name == CONFIRM_FOLDER and (folder.parent / CONFIRM_FILE).is_file():
+        return ConfirmStore(folder.parent, read_confirm_info(folder.parent))
+    return None
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
