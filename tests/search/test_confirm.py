@@ -306,3 +306,21 @@ def test_a_lost_confirmation_run_leaves_no_checkpoint_behind(tmp_path):
     callback.store.record_checkpoint("lost", 1, str(checkpoint))
     callback.drop_lost_trials([])
     assert not checkpoint.parent.exists() and "lost" not in callback.store.trials
+
+
+def test_a_resumed_confirmation_keeps_its_own_plan(tmp_path):
+    """After a --continue the search's best trial may change: a resumed confirmation trains
+    the runs it planned, so a run never resumes from another configuration's checkpoint."""
+    from tune_adapter.results import ExperimentInfo, TrialStore
+    from tune_adapter.search.confirm import ConfirmOptions, plan_runs, planned_runs
+
+    store = TrialStore(tmp_path, ExperimentInfo(name="x", params=["lr"], max_epochs=1))
+    metrics = {"val_mse": 0.3, "val_cos": 0.9, "train_loss": 0.4, "epoch_seconds": 1.0, "step": 3, "epoch": 1}
+    store.record_epoch("old", {"lr": 1e-3}, {**metrics, "val_l1": 0.5}, 1.0)
+    store.record_end("old", {"lr": 1e-3}, "completed")
+    planned = plan_runs(read_trials(tmp_path), ["lr"], 1, 1)
+    store.record_epoch("new", {"lr": 3e-3}, {**metrics, "val_l1": 0.2}, 1.0)  # a --continue's better trial
+    store.record_end("new", {"lr": 3e-3}, "completed")
+    options = ConfirmOptions(experiment=tmp_path, top=1, seeds=1)
+    assert [r["source_trial"] for r in planned_runs(tmp_path, ["lr"], options, {"runs": planned})] == ["old"]
+    assert [r["source_trial"] for r in planned_runs(tmp_path, ["lr"], options, None)] == ["new"]

@@ -71,6 +71,15 @@ class ConfirmCallback(StoreCallback):
         return self.folder / CONFIRM_FOLDER  # the runs' Tune folder, inside the search's
 
 
+def planned_runs(folder: Path, params: list[str], options: "ConfirmOptions", stored: dict | None) -> list[dict]:
+    """The runs to train: a resumed confirmation's own plan (after a --continue the search's
+    best trials may differ, and a run must resume with its own configuration), else the top
+    configurations of the search now. Confirmations recorded before plans: planned again."""
+    if stored is not None and "runs" in stored:
+        return stored["runs"]
+    return plan_runs(read_trials(folder), params, options.top, options.seeds)
+
+
 def plan_runs(trials, params: list[str], top: int, seeds: int) -> list[dict]:
     """Tune configs of the runs: the top configurations by best val_l1 and the baseline,
     seed by seed (every configuration's seed 0 first, so pairs complete early)."""
@@ -167,6 +176,7 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
     folder, info = open_experiment(options.experiment)
     folder = folder.resolve()
     settings = search_settings(folder, info)
+    stored = None
     if options.resume and (folder / CONFIRM_FILE).is_file():
         stored = read_confirm_info(folder).extra["confirm"]  # a resumed run keeps its plan
         options = replace(options, top=stored["top"], seeds=len(stored["seeds"]), epochs=stored["epochs"],
@@ -176,14 +186,14 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
                                                                   settings["data"]["cache_dir"])
     check_folder(folder, options.resume)  # after the test set's check: a refusal writes nothing
     epochs = options.epochs or info.max_epochs
-    runs = plan_runs(read_trials(folder), info.params, options.top, options.seeds)
+    runs = planned_runs(folder, info.params, options, stored)
     search_params = [p for p in info.params if p != SEED_KEY]
     confirm_info = ExperimentInfo(
         name=f"{info.name} confirm", params=[*search_params, SEED_KEY, SOURCE_KEY], max_epochs=epochs,
         num_samples=len(runs), space=info.space,
         extra={"confirm": {"top": options.top, "seeds": list(range(options.seeds)), "epochs": epochs,
                            "test_manifest": None if test is None else str(Path(options.test_manifest).resolve()),
-                           "search": info.name}})
+                           "search": info.name, "runs": runs}})
     pick = lambda flag, key: flag if flag is not None else settings.get(key)  # noqa: E731
     search_options = SearchOptions(
         space=space_path(recorded_space(info.space)), max_epochs=epochs, num_samples=len(runs), storage=folder, name=CONFIRM_FOLDER,
