@@ -158,3 +158,19 @@ def test_abbreviations_and_numbers():
     assert abbreviate(["warm_steps", "weight_scale"]) == {"warm_steps": "warm_steps", "weight_scale": "weight_scale"}
     assert [format_number(v) for v in (0.00962123, 0.0324123, 12.3456, 123456.0, 4, float("nan"))] == [
         "0.00962", "0.03241", "12.35", "1.23e+05", "4", "-"]
+
+
+def test_the_baseline_verdict_of_a_stopped_search_says_so_far():
+    """Ctrl-C half way: not "did not beat its baseline", but how far it went."""
+    from tune_adapter.results import baseline_verdict
+
+    trials = pd.DataFrame({"trial_id": ["base", "a", "b"], "baseline": [True, False, False],
+                           "status": ["completed", "pruned", "running"], "best_val_l1": [0.2, 0.3, 0.25]})
+    assert baseline_verdict(trials) == ("the search has not beaten its baseline so far (1 trial unfinished): "
+                                        "base (the space's BASELINE) has the best val_l1, 0.2000")
+    trials.loc[2, "best_val_l1"] = 0.15
+    assert baseline_verdict(trials).endswith("25.0% lower so far (1 trial unfinished)")
+    trials.loc[2, "status"] = "completed"
+    assert baseline_verdict(trials).endswith("25.0% lower")
+    trials.loc[2, "best_val_l1"] = 0.3
+    assert baseline_verdict(trials).startswith("the search did not beat its baseline: base")

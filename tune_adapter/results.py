@@ -381,12 +381,16 @@ def baseline_verdict(trials_frame) -> str | None:
     if base["best_val_l1"] is None or is_nan(base["best_val_l1"]):
         return f"baseline {base['trial_id']} has no val_l1 yet"
     winner = ranked.iloc[0]
+    # A search stopped part way (Ctrl-C) is judged as far as it went, and says so.
+    unfinished = int((~trials_frame["status"].isin(FINAL_STATUSES)).sum())
+    so_far = f" so far ({unfinished} trial{'s' if unfinished > 1 else ''} unfinished)" if unfinished else ""
     if winner["trial_id"] == base["trial_id"] or winner["best_val_l1"] >= base["best_val_l1"]:
-        return (f"the search did not beat its baseline: {base['trial_id']} (the space's BASELINE) "
+        verb = "has not beaten" if unfinished else "did not beat"
+        return (f"the search {verb} its baseline{so_far}: {base['trial_id']} (the space's BASELINE) "
                 f"has the best val_l1, {base['best_val_l1']:.4f}")
     gain = 1 - winner["best_val_l1"] / base["best_val_l1"]
     return (f"best {winner['trial_id']} val_l1 {winner['best_val_l1']:.4f} against baseline "
-            f"{base['trial_id']} {base['best_val_l1']:.4f}: {gain:.1%} lower")
+            f"{base['trial_id']} {base['best_val_l1']:.4f}: {gain:.1%} lower{so_far}")
 
 
 def start_gain(row) -> float | None:
