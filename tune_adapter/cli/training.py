@@ -146,11 +146,11 @@ def pack_to_folder(manifest: Path, folder: Path, val_manifest: Path | None, val_
     from ..data import pack_manifests, split_entries, split_roots
     from ..display import console, pack_progress, pack_summary
 
-    splits = split_entries(manifest, val_manifest, val_fraction)
+    splits, roots = split_entries(manifest, val_manifest, val_fraction), list(split_roots(folder))
     with pack_progress(sum(len(entries) for entries, _ in splits)) as advance:
-        packs = pack_manifests(splits, pack_dtype=pack_dtype, roots=list(split_roots(folder)),
+        packs = pack_manifests(splits, pack_dtype=pack_dtype, roots=roots,
                                shard_bytes=int(shard_mb * 2**20), progress=advance)
-    for split, packed, root in zip(("training", "validation"), packs, split_roots(Path("."))):
+    for split, packed, root in zip(("training", "validation"), packs, roots):
         location = f"{shown_as.rstrip('/')}/{root.name}" if shown_as else None
         console.print(pack_summary(packed, f"{shown_as or folder}: {split}", location))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from ..results import TrialRecord
-from .uri_storage import checkpoint_exists
+from .uri_storage import checkpoint_exists, checkpoint_fs_path
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000003
 
@@ -90,7 +90,7 @@ def register(trial, record: TrialRecord, epoch: int, path: str) -> None:
 
     metrics = {**record.epochs.get(epoch, {}), "epoch": epoch, "training_iteration": epoch,
                "trial_id": trial.trial_id}
-    checkpoint = Checkpoint(path.split("://", 1)[-1], filesystem=trial.storage.storage_filesystem)
+    checkpoint = Checkpoint(checkpoint_fs_path(path), filesystem=trial.storage.storage_filesystem)
     trial.on_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
 
 

@@ -23,6 +23,7 @@ from ..data.staging import stage_pack
 from ..results import TrialStore
 from ..trainer import train
 from .storage import linking_filesystem
+from .uri_storage import SCRATCH_FOLDER
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,6 @@ def report_to_tune(metrics: dict, checkpoint: Path | None) -> None:
     tune.report(metrics, checkpoint=tune.Checkpoint(str(checkpoint), filesystem=linking_filesystem()))
 
 
-SCRATCH_FOLDER = ".scratch"
 SCRATCH_PREFIX = "tune-adapter-trial-"
 # Names this machine in scratch folders instead of its hostname: for tests, and for nodes
 # that share a hostname but not their processes (containers on the host's network).

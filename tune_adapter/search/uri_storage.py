@@ -21,7 +21,7 @@ from ..errors import UserError
 
 # pyarrow and the data package are imported where used: options.py (so the CLI) imports this.
 
-SCRATCH = ".scratch"  # trial.SCRATCH_FOLDER: checkpoints before Tune stores them, never uploaded
+SCRATCH_FOLDER = ".scratch"  # trials' checkpoints before Tune stores them (trial.py); never uploaded
 TUNE_FILES = ("experiment_state-", "tuner.pkl", "searcher-state-", "search_gen_state-",
               "basic-variant-state-", ".validate_storage_marker")
 SCHEMES = {"s3": "s3", "gcs": "gs"}  # pyarrow's filesystem type_name -> its URI scheme
@@ -55,7 +55,7 @@ def join(uri: str, *parts: str) -> str:
 def is_own_file(relative: str) -> bool:
     """tune-adapter's files of an experiment folder, as opposed to Tune's."""
     parts = relative.split("/")
-    if parts[0] == SCRATCH or any(part.startswith("checkpoint_") for part in parts):
+    if parts[0] == SCRATCH_FOLDER or any(part.startswith("checkpoint_") for part in parts):
         return False
     if len(parts) == 1:
         return not parts[0].startswith(TUNE_FILES)
@@ -98,6 +98,11 @@ def checkpoint_location(path: str, filesystem) -> str:
     storage (its path there has no scheme)."""
     scheme = SCHEMES.get(getattr(filesystem, "type_name", "local"))
     return f"{scheme}://{path}" if scheme else path
+
+
+def checkpoint_fs_path(location: str) -> str:
+    """The path within its filesystem of a checkpoint recorded by `checkpoint_location`."""
+    return location.split("://", 1)[1] if is_remote(location) else location
 
 
 def checkpoint_exists(location: str) -> bool:
