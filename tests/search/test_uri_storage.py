@@ -62,3 +62,22 @@ def test_a_search_stored_on_s3_is_read_back_and_exported_elsewhere(tmp_path, syn
         assert (tmp_path / "results/s3/export/audio_proj.safetensors").is_file()
         missing = runner.invoke(app, ["best", "--experiment", "s3://bucket/results/nothing"])
         assert missing.exit_code == 2 and "holds no experiment" in missing.output
+
+
+def test_the_mirror_uploads_only_what_changed(tmp_path, monkeypatch):
+    from tune_adapter.data import remote
+    from tune_adapter.search.record import MirrorUpload
+
+    mirror = tmp_path / "mirror"
+    (mirror / "trial_a").mkdir(parents=True)
+    for name in ("trials.parquet", "epochs.parquet", "trial_a/events.out.tfevents.1", "tuner.pkl"):
+        (mirror / name).write_text("x")
+    copied = []
+    monkeypatch.setattr(remote, "copy", lambda source, src, destination, dest, uri: copied.append(dest))
+    upload = MirrorUpload(mirror, f"file://{tmp_path}/stored/NAME")
+    upload.upload()
+    assert sorted(Path(d).name for d in copied) == ["epochs.parquet", "events.out.tfevents.1", "trials.parquet"]
+    copied.clear()
+    (mirror / "trials.parquet").write_text("xy")  # the store's next write
+    upload.upload()
+    assert [Path(d).name for d in copied] == ["trials.parquet"]

@@ -30,7 +30,7 @@ from .storage import linking_filesystem
 from .continuation import carry_earlier_runs, check_warm_starts, open_run_study, time_budget
 from .study import has_study, journal_storage, open_study, reconcile
 from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
-from .uri_storage import fetch_own_files, upload_own_files
+from .uri_storage import fetch_own_files
 
 # Ray prints a warning per checkpoint when syncing is slow relative to num_to_keep; the
 # numbers it warns about are ours to read in Parquet, not the user's console.
@@ -408,9 +408,8 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         ready_nodes(prepared.setup, options.quiet, console)
         store = StoreCallback(options.experiment_dir, info)
         live = [] if options.quiet else [LiveTable(info, console, earlier_counts(options, prepared))]
-        callbacks = [store, TensorBoardScalars(), *live]
-        if options.storage_uri is not None:
-            callbacks.append(MirrorUpload(options.experiment_dir, options.storage_uri))
+        mirror = None if options.storage_uri is None else MirrorUpload(options.experiment_dir, options.storage_uri)
+        callbacks = [store, TensorBoardScalars(), *live, *([mirror] if mirror else [])]
         grid = build_tuner(options, prepared, trainable, callbacks).fit()
         # fit() has returned: no trial of this search runs on any node, so every scratch folder
         # left (the checkpoints of ended actors, wherever they ran) is of no further use.
@@ -418,8 +417,8 @@ def run_search(options: SearchOptions, trainable: Callable = run_trial, console=
         info.extra[SPENT_KEY] = clock.spent()
         outcome = finish(options, prepared, {Path(r.path).name.removeprefix("trial_"): r for r in grid},
                          clock.is_spent())
-    if options.storage_uri is not None:
-        upload_own_files(options.experiment_dir, options.storage_uri)
+    if mirror is not None:
+        mirror.upload()  # what changed since its last upload, finish's writes included
     return outcome
 
 

@@ -227,11 +227,13 @@ def log_start_to_tensorboard(trial, result: dict) -> None:
 
 
 class MirrorUpload(Callback):
-    """Uploads the mirror's own files as the search goes (the store writes them first)."""
+    """Uploads the mirror's own files as the search goes (the store writes them first), each
+    only when it changed since its last upload: TensorBoard's files grow, most stand still."""
 
     def __init__(self, mirror: Path, uri: str, every_s: float = MIRROR_UPLOAD_EVERY_S):
         self.mirror, self.uri, self.every_s = mirror, uri, every_s
         self.last = 0.0
+        self.sent: dict[str, tuple[int, int]] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if time.monotonic() - self.last >= self.every_s:
@@ -241,5 +243,5 @@ class MirrorUpload(Callback):
         self.upload()
 
     def upload(self) -> None:
-        upload_own_files(self.mirror, self.uri)
+        upload_own_files(self.mirror, self.uri, self.sent)
         self.last = time.monotonic()

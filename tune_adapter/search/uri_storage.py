@@ -62,7 +62,9 @@ def is_own_file(relative: str) -> bool:
     return parts[-1].startswith("events.out.tfevents")  # trial folders: our TensorBoard files only
 
 
-def upload_own_files(mirror: Path, uri: str) -> None:
+def upload_own_files(mirror: Path, uri: str, sent: dict | None = None) -> None:
+    """Upload the mirror's own files; with `sent` (relative name -> size and mtime, kept by
+    the caller across calls), only those changed since they were last sent."""
     import pyarrow.fs as pafs
 
     from ..data.remote import copy, filesystem_of
@@ -71,8 +73,14 @@ def upload_own_files(mirror: Path, uri: str) -> None:
     fs, base = filesystem_of(uri, "--storage")
     for path in sorted(Path(mirror).rglob("*")):
         relative = path.relative_to(mirror).as_posix()
-        if path.is_file() and is_own_file(relative):
-            copy(here, str(path), fs, f"{base}/{relative}", uri)
+        if not path.is_file() or not is_own_file(relative):
+            continue
+        stamp = (path.stat().st_size, path.stat().st_mtime_ns)
+        if sent is not None and sent.get(relative) == stamp:
+            continue
+        copy(here, str(path), fs, f"{base}/{relative}", uri)
+        if sent is not None:
+            sent[relative] = stamp
 
 
 def fetch_own_files(uri: str, mirror: Path) -> bool:
