@@ -43,6 +43,7 @@ EPOCH_METRICS = ("train_loss", "val_l1", "val_mse", "val_cos", "epoch_seconds", 
 START_PREFIX = "start_"
 START_METRICS = ("val_l1", "val_mse", "val_cos", "epoch_seconds")
 FINAL_STATUSES = ("completed", "pruned", "stopped", "error")
+WAITING = "waiting"  # screened at the finals rung, until the finalists are chosen (search/finals.py)
 
 
 @dataclass
@@ -187,6 +188,8 @@ class TrialStore:
         if record.status in FINAL_STATUSES:
             return  # a finished trial rerun after a crash: its record stands as it was
         epoch = int(metrics["epoch"])
+        if record.status == WAITING and epoch > max(record.epochs, default=0):
+            record.status = "running"  # a finalist: it trains on
         record.epochs[epoch] = {k: _number(metrics.get(k), int if k == "step" else float)
                                 for k in EPOCH_METRICS}
         if START_PREFIX + "val_l1" in metrics and 0 not in record.epochs:

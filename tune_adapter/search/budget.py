@@ -5,15 +5,15 @@ each running trial at its next epoch boundary (a result: its checkpoint is saved
 the store records as `stopped`. The time spent is saved with the experiment at every
 write of its Parquet files, so a killed search's downtime does not count.
 
-Tune pickles its searcher, stopper and callbacks into snapshots, so they find the running
-search's clock here (one search per driver process) rather than holding it.
+One clock serves the searcher, the stopper and the store: Tune pickles all three in one
+piece with the experiment, so after a restore they share it again; the store restarts it
+from the time its Parquet files recorded (record.py).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 
 from ray.tune import Stopper
 
@@ -24,12 +24,21 @@ FAKE_SECONDS_ENV = "TUNE_ADAPTER_SECONDS_PER_RESULT"
 
 
 class SearchClock:
-    def __init__(self, budget_s: float | None, spent_before: float = 0.0):
-        self.budget_s, self.spent_before = budget_s, spent_before
-        self.started = time.monotonic()
+    def __init__(self, budget_s: float | None = None, spent_before: float = 0.0):
+        self.budget_s = budget_s
+        self.stopped: set[str] = set()  # trials the budget ended (Tune ids)
+        self.restart(spent_before)
+
+    def restart(self, spent_before: float) -> None:
+        """Count on from `spent_before` seconds (a new run, or the same one restored)."""
+        self.spent_before, self.started = spent_before, time.monotonic()
         self.fake_step = float(os.environ.get(FAKE_SECONDS_ENV, 0) or 0)
         self.fake_spent = 0.0
-        self.stopped: set[str] = set()  # trials the budget ended
+
+    def __setstate__(self, state: dict) -> None:
+        # Another process's monotonic clock means nothing here: count on from what was spent.
+        self.__dict__.update(state)
+        self.restart(self.spent_before)
 
     def spent(self) -> float:
         run = self.fake_spent if self.fake_step else time.monotonic() - self.started
@@ -42,36 +51,17 @@ class SearchClock:
         self.fake_spent += self.fake_step
 
 
-ACTIVE: SearchClock | None = None
-
-
-@contextmanager
-def running_clock(budget_s: float | None, spent_before: float):
-    global ACTIVE
-    ACTIVE = SearchClock(budget_s, spent_before)
-    try:
-        yield ACTIVE
-    finally:
-        ACTIVE = None
-
-
-def budget_spent() -> bool:
-    return ACTIVE is not None and ACTIVE.is_spent()
-
-
-def stopped_by_budget(trial_id: str) -> bool:
-    return ACTIVE is not None and trial_id in ACTIVE.stopped
-
-
 class BudgetStopper(Stopper):
     """Ends a trial at the first result after the budget is spent; never all at once, so
     each trial finishes the epoch it is in and keeps its checkpoint."""
 
+    def __init__(self, clock: SearchClock):
+        self.clock = clock
+
     def __call__(self, trial_id: str, result: dict) -> bool:
-        if ACTIVE is not None:
-            ACTIVE.note_result()  # Tune asks before its callbacks see the result
-        if budget_spent():
-            ACTIVE.stopped.add(trial_id)
+        self.clock.note_result()  # Tune asks before its callbacks see the result
+        if self.clock.is_spent():
+            self.clock.stopped.add(trial_id)
             return True
         return False
 

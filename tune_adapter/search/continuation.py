@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..results import TRIALS_FILE, ExperimentInfo, TrialStore, open_experiment, read_info, read_trials
 from .budget import SPENT_KEY
+from .scheduler import BASELINE_KEY
 from .options import DATA_RECORDED_BEFORE, SearchOptions
 from .study import check_earlier_trials, frozen_trials, has_study, open_study, warm_start
 
@@ -67,21 +68,26 @@ def check_same_task(earlier: ExperimentInfo, info: ExperimentInfo) -> None:
                               f"continue it on the same data (give {flag} {was})")
 
 
-def open_run_study(options: SearchOptions, info: ExperimentInfo, distributions: dict) -> None:
+def open_run_study(options: SearchOptions, info: ExperimentInfo, distributions: dict,
+                   baseline: dict | None) -> None:
     """The journal's study, before the searcher opens it: for --continue of a search from
-    before journals, its trials from Parquet; for --warm-start, the earlier experiments'.
-    A --continue also rewrites the Parquet files' description (rows unchanged) first, so a
+    before journals, its trials from Parquet; for --warm-start, the earlier experiments';
+    for a new search, its baseline, the first trial it asks.
+    A --resume or --continue also rewrites the Parquet files' description (rows unchanged)
+    first: Tune's restored callbacks read this run's settings there (record.py), and a
     resume after a kill before its first result still knows where this run began."""
+    folder = options.experiment_dir
+    if (options.resume or options.continue_search) and (folder / TRIALS_FILE).is_file():
+        TrialStore(folder, info).write()
     if options.resume:
         return
-    folder = options.experiment_dir
-    if options.continue_search:
-        TrialStore(folder, info).write()
     backfill = options.continue_search and not has_study(folder)
     study = open_study(folder, info.name)
     if backfill:
         study.add_trials(frozen_trials(folder, distributions, {}))
     warm_start(study, list(options.warm_start), distributions)
+    if baseline is not None and not options.continue_search:
+        study.enqueue_trial(baseline, user_attrs={BASELINE_KEY: True})
 
 
 def check_warm_starts(folders, distributions: dict) -> None:

@@ -21,11 +21,11 @@ from ..cpu_tuning import huge_pages_env
 from ..data import TrainData, load_training_data
 from ..data.remote import is_uri
 from ..errors import ConfigError
-from ..results import TRIALS_FILE, ExperimentInfo, TrialStore
+from ..results import TRIALS_FILE, ExperimentInfo, TrialStore, read_info
 from ..init_from import check_init_space, read_initial_adapter
 from ..space import SEARCHABLE, SearchSpace, check_baseline, check_space, load_space, probe_space
 from .options import DATA_RECORDED_BEFORE, SHARED_GPU, SearchOptions
-from .budget import SPENT_KEY, BudgetStopper, running_clock
+from .budget import SPENT_KEY
 from .storage import linking_filesystem
 from .continuation import carry_earlier_runs, check_warm_starts, open_run_study, time_budget
 from .study import has_study, journal_storage, open_study, reconcile
@@ -129,6 +129,22 @@ def check_experiment_folder(options: SearchOptions) -> None:
         )
 
 
+def experiment_place(options: SearchOptions) -> str:
+    return options.storage_uri or str(options.experiment_dir.resolve())
+
+
+def check_not_moved(options: SearchOptions, info: ExperimentInfo) -> None:
+    """Tune restores an experiment with the callbacks it pickled when it began, which name
+    its folder then: a moved experiment would be recorded in its old place."""
+    if not options.resume:
+        return
+    recorded = read_info(options.experiment_dir).extra.get("experiment", info.extra["experiment"])
+    if recorded != info.extra["experiment"]:
+        raise ConfigError(f"--resume: {options.experiment_name} was begun in {recorded} and Ray Tune's saved run "
+                          f"names that place: move it back there to resume it, or start a new search "
+                          f"with --warm-start {info.extra['experiment']}")
+
+
 def sync_mirror(options: SearchOptions) -> None:
     """--storage URI: the local mirror as the URI holds it, except where this machine ran the
     search being resumed or continued: its mirror is then the newest (uploads lag it)."""
@@ -137,6 +153,13 @@ def sync_mirror(options: SearchOptions) -> None:
         return
     shutil.rmtree(mirror, ignore_errors=True)
     fetch_own_files(options.storage_uri, mirror)
+
+
+def check_address(address: str | None) -> None:
+    if address and address.startswith("ray://"):
+        raise ConfigError(f"--address {address}: Ray Client runs the search's driver on the cluster, away "
+                          "from its files here; run tune-adapter on a node of the cluster (ray job submit, "
+                          "or ssh) with --address HEAD_IP:6379")
 
 
 def start_ray(options: SearchOptions) -> bool:
@@ -226,44 +249,54 @@ def max_concurrent(options: SearchOptions, resources: dict) -> int:
     return max(1, min(fits + [options.num_samples]))
 
 
-def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: Callable, callbacks: list):
+def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: Callable, callbacks: list,
+                console=None):
+    """The search's Tune run: new, or restored with everything it pickled (searcher,
+    scheduler, clock, callbacks), which then read this run's settings from the files."""
     from ray import tune
-    from .optuna_pruned import PrunedAwareOptunaSearch
-    from .scheduler import SearchScheduler
 
-    space, info = prepared.space, prepared.info
+    from .tuner import TuneRun, make_tuner
+
     resources = trial_resources(options)
-    open_run_study(options, info, prepared.distributions)  # refused resources write nothing
-    wrapped = tune.with_resources(tune.with_parameters(trainable, setup=prepared.setup), resources)
+    info = prepared.info
+    open_run_study(options, info, prepared.distributions,  # refused resources write nothing
+                   prepared.space.baseline if options.baseline and not options.continue_search else None)
+    run = TuneRun(name=options.experiment_name, setup=prepared.setup, resources=resources,
+                  finalist_cpus=finalist_cpus(options, resources), storage=tune_storage(options),
+                  max_concurrent=max_concurrent(options, resources), max_failures=options.max_failures)
     if options.resume:
-        storage = tune_storage(options)
-        return tune.Tuner.restore(options.storage_uri or str(options.experiment_dir), trainable=wrapped,
-                                  resume_unfinished=True, resume_errored=False, restart_errored=False,
-                                  storage_filesystem=storage["storage_filesystem"])
-    searcher = PrunedAwareOptunaSearch(space=space.function, metric=info.metric, mode=info.mode,
-                                       sampler=make_sampler(options, prepared.distributions),
-                                       max_epochs=options.max_epochs,
-                                       storage=journal_storage(options.experiment_dir), study_name=info.name,
-                                       baseline=space.baseline if options.baseline and not options.continue_search else None)
-    scheduler = SearchScheduler(trials=prepared.run_samples, finals=finals_at(options),
-                                finalists=options.finalists, time_attr="epoch", metric=info.metric,
-                                mode=info.mode, max_t=options.max_epochs, grace_period=options.grace_period,
-                                reduction_factor=options.reduction_factor)
-    return tune.Tuner(
-        wrapped,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=prepared.run_samples, reuse_actors=True,
-                                    trial_dirname_creator=trial_dirname,
-                                    max_concurrent_trials=max_concurrent(options, resources)),
-        run_config=tune.RunConfig(
-            name=options.experiment_name, verbose=0, **tune_storage(options),
-            callbacks=callbacks, stop=BudgetStopper(),
-            # Tune always keeps the latest checkpoint too, so a trial can resume.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=info.metric,
-                                                    checkpoint_score_order=info.mode),
-            failure_config=tune.FailureConfig(max_failures=options.max_failures),
-        ),
-    )
+        return make_tuner(run, trainable, restore=options.storage_uri or str(options.experiment_dir))
+    from .budget import BudgetStopper, SearchClock
+    from .finals import Finals
+    from .hparams import TensorBoardScalars
+    from .live import LiveTable
+    from .record import StoreCallback
+    from .scheduler import SearchScheduler
+    from .searcher import SilentErrors, StudySearcher
+
+    clock, rung = SearchClock(prepared.budget_s, info.extra.get(SPENT_KEY, 0.0)), finals_at(options)
+    searcher = StudySearcher(folder=options.experiment_dir, study_name=info.name, space_fn=prepared.space.function,
+                             sampler=make_sampler(options, prepared.distributions), trials=prepared.run_samples,
+                             max_epochs=options.max_epochs, finals=Finals(rung, options.finalists), clock=clock,
+                             metric=info.metric, mode=info.mode)
+    store = StoreCallback(options.experiment_dir, info, clock, rung)
+    live = [] if options.quiet else [LiveTable(info, store, console)]
+    scheduler = SearchScheduler(finals=rung, max_epochs=options.max_epochs, metric=info.metric, mode=info.mode,
+                                grace_period=options.grace_period, reduction_factor=options.reduction_factor)
+    return make_tuner(run, trainable, search_alg=searcher, scheduler=scheduler, stop=BudgetStopper(clock),
+                      callbacks=[store, SilentErrors(searcher), TensorBoardScalars(), *live, *callbacks])
+
+
+def finalist_cpus(options: SearchOptions, resources: dict) -> float:
+    """A finalist trains when screening is over, with fewer trials left than CPUs: it takes
+    its share of them (torch threads), never more than one node holds."""
+    import ray
+
+    if options.cpus_per_trial != int(options.cpus_per_trial) or not options.finalists:
+        return resources["cpu"]
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=1.0)
+    share = math.floor(ray.cluster_resources().get("CPU", 1) / options.finalists)
+    return float(max(resources["cpu"], min(largest, share)))
 
 
 def tune_storage(options: SearchOptions) -> dict:
@@ -304,17 +337,12 @@ def make_sampler(options: SearchOptions, distributions: dict):
     return DistinctSampler(base, distributions, seed=options.seed)
 
 
-def trial_dirname(trial) -> str:
-    """Short trial folders: Tune's default spells every parameter into the name."""
-    return f"trial_{trial.trial_id}"
-
-
 def trial_setup(options: SearchOptions, data: TrainData, params: list[str], base: TrainConfig) -> TrialSetup:
     return TrialSetup(base=base, train_pack=str(data.train.root), val_pack=str(data.val.root),
                       data_uri=options.data if is_uri(options.data) else None,
                       params=tuple(p for p in params if p in SEARCHABLE),
                       threads=max(1, int(options.cpus_per_trial)),
-                      experiment_dir=str(options.experiment_dir))
+                      experiment_dir=str(options.experiment_dir), finals_rung=finals_at(options))
 
 
 def keeps_freed_memory(options: SearchOptions) -> bool:
@@ -359,6 +387,7 @@ class PreparedSearch:
 
 def prepare_search(options: SearchOptions) -> PreparedSearch:
     """Everything checked before Ray starts: folder, data, space; then what trials share."""
+    check_address(options.address)
     space = load_space(options.space)
     check_experiment_folder(options)
     sources = data_sources(options)
@@ -371,15 +400,18 @@ def prepare_search(options: SearchOptions) -> PreparedSearch:
         check_init_space(read_initial_adapter(Path(options.init_from)), probed, data, options.init_partial)
     info = experiment_info(options, space, probed.params, probed)
     info.extra["search"] = search_record(options, sources)
+    info.extra["experiment"] = experiment_place(options)
     carry_earlier_runs(options, info, probed.distributions)
+    check_not_moved(options, info)
     check_warm_starts(options.warm_start, probed.distributions)
     base = TrainConfig(epochs=options.max_epochs, mixed_precision=options.mixed_precision,
                        init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
                        init_partial=options.init_partial, save_every=options.checkpoint_every,
                        moments_in_last_checkpoint=False,  # nothing resumes a finished trial
                        keep_freed_memory=keeps_freed_memory(options), shuffle_window=options.shuffle_window)
+    budget_s = info.extra["search"]["time_budget"] = time_budget(options, info)  # for restored callbacks
     return PreparedSearch(space, info, trial_setup(options, data, probed.params, base), probed.distributions,
-                          time_budget(options, info))
+                          budget_s)
 
 
 @contextmanager
@@ -398,28 +430,33 @@ def ray_session(options: SearchOptions):
 def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None) -> SearchOutcome:
     """Run (or resume, or continue) a search; returns when every trial of this run has ended,
     the time budget is spent, or the driver is stopped."""
-    from .hparams import TensorBoardScalars
-    from .live import LiveTable
-    from .record import MirrorUpload, StoreCallback
+    from .record import MirrorUpload
 
     prepared = prepare_search(options)
-    info = prepared.info
-    with ray_session(options), running_clock(prepared.budget_s, info.extra.get(SPENT_KEY, 0.0)) as clock:
+    with ray_session(options):
         ready_nodes(prepared.setup, options.quiet, console)
-        store = StoreCallback(options.experiment_dir, info)
-        live = [] if options.quiet else [LiveTable(info, console, earlier_counts(options, prepared))]
         mirror = None if options.storage_uri is None else MirrorUpload(options.experiment_dir, options.storage_uri)
-        callbacks = [store, TensorBoardScalars(), *live, *([mirror] if mirror else [])]
-        grid = build_tuner(options, prepared, trainable, callbacks).fit()
+        tuner = build_tuner(options, prepared, trainable, [mirror] if mirror else [], console)
+        results = list(fit_quietly(tuner))
         # fit() has returned: no trial of this search runs on any node, so every scratch folder
         # left (the checkpoints of ended actors, wherever they ran) is of no further use.
         shutil.rmtree(options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
-        info.extra[SPENT_KEY] = clock.spent()
-        outcome = finish(options, prepared, {Path(r.path).name.removeprefix("trial_"): r for r in grid},
-                         clock.is_spent())
+        outcome = finish(options, prepared, results)
     if mirror is not None:
         mirror.upload()  # what changed since its last upload, finish's writes included
     return outcome
+
+
+def fit_quietly(tuner):
+    """Tune's fit, without the line Tune logs when it is stopped with trials unfinished (the
+    search says so in its own words: cli/experiments.py)."""
+    tune_log = logging.getLogger("ray.tune.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)
+    try:
+        return tuner.fit()
+    finally:
+        tune_log.setLevel(level)
 
 
 def ready_nodes(setup: TrialSetup, quiet: bool, console=None) -> None:
@@ -433,35 +470,32 @@ def ready_nodes(setup: TrialSetup, quiet: bool, console=None) -> None:
         (console or default_console).print(staging_line(setup.data_uri, staged), soft_wrap=True, markup=False)
 
 
-def earlier_counts(options: SearchOptions, prepared: PreparedSearch):
-    """The ended trials of earlier runs, for the live table of a --continue."""
-    from .live import live_counts
-
-    store = TrialStore(options.experiment_dir, prepared.info) if prepared.held else None
-    return live_counts(r.status for r in store.trials.values() if r.number < prepared.held) if store else None
-
-
-def finish(options: SearchOptions, prepared: PreparedSearch, ray_trials: dict, budget_spent: bool) -> SearchOutcome:
-    """Count finished trials; close the records of trials Tune lost in a crash, and the
-    study's trials the searcher could not tell (study.reconcile).
+def finish(options: SearchOptions, prepared: PreparedSearch, results: list) -> SearchOutcome:
+    """Count this run's finished trials; once it is over (record.run_over), end the
+    screened trials no finalist needed, and close the records of trials Tune lost in a
+    crash and the study's trials the searcher could not tell (study.reconcile).
 
     After a SIGKILL, Tune resumes from its last experiment snapshot: a trial that started
     after it is unknown to Tune and would stay 'running' in the store forever.
     """
-    from .record import record_silent_errors
+    from .record import end_waiting, record_silent_errors, result_id, run_over
 
-    info = prepared.info
-    store = TrialStore(options.experiment_dir, info)
-    record_silent_errors(store, ray_trials)
-    complete = all(store.is_finished(t) for t in ray_trials)
+    folder = options.experiment_dir
+    store = TrialStore(folder, read_info(folder) if (folder / TRIALS_FILE).is_file() else prepared.info)
+    record_silent_errors(store, results)
+    spent = prepared.budget_s is not None and store.info.extra.get(SPENT_KEY, 0.0) >= prepared.budget_s
+    known = {result_id(r) for r in results}
+    complete = run_over(store, spent, known)
+    mine = [r for r in store.trials.values() if r.number >= prepared.held]
     if complete:
-        for trial_id, record in list(store.trials.items()):
-            if trial_id not in ray_trials and not store.is_finished(trial_id):
-                store.record_end(trial_id, record.params, "error",
+        end_waiting(store, spent)
+        for record in mine:
+            if record.trial_id not in known and not store.is_finished(record.trial_id):
+                store.record_end(record.trial_id, record.params, "error",
                                  "lost: the driver died before Tune saved this trial, so it was not resumed")
     if store.trials:
-        store.write()  # the time spent, as of now
-    if has_study(options.experiment_dir):  # none: resumed from before journals, left so
-        reconcile(open_study(options.experiment_dir, info.name), store, complete)
-    finished = sum(store.is_finished(t) for t in ray_trials)
-    return SearchOutcome(options.experiment_dir, finished, prepared.run_samples, len(store.trials), budget_spent)
+        store.write()
+    if has_study(folder):  # none: resumed from before journals, left so
+        reconcile(open_study(folder, store.info.name), store, complete)
+    finished = sum(store.is_finished(r.trial_id) for r in mine)
+    return SearchOutcome(folder, finished, prepared.run_samples, len(store.trials), spent)

@@ -14,11 +14,15 @@ from ..display import shown_path
 from ..fit_table import Column, FitTable, format_number
 from ..results import ExperimentInfo, baseline_verdict, start_line
 from ..results_table import metric, param_columns, whole
-from .scheduler import is_baseline
+from .record import StoreCallback
+from .scheduler import is_baseline, record_id
 
-# PAUSED: screened, waiting at the finals rung for the others (scheduler.py).
-STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "waiting", "ERROR": "failed"}
-LIVE_STATES = {"completed": "done", "stopped": "pruned", "error": "failed"}  # trials.parquet's status
+# The live table's names of trials.parquet's statuses (and of Tune's, for trials not yet
+# recorded): its counts are the store's, so they agree with the files at every moment.
+LIVE_STATES = {"completed": "done", "error": "failed", "PENDING": "pending", "RUNNING": "running",
+               "ERROR": "failed"}
+SHOWN_STATES = ("running", "waiting", "pending", "done", "pruned", "stopped", "failed")
+SHOWN_IF_ANY = ("waiting", "stopped")  # columns only while they count: 80 columns
 
 
 def params_text(params: dict) -> str:
@@ -28,39 +32,39 @@ def params_text(params: dict) -> str:
 class LiveTable(Callback):
     """Counts by state and the best `val_l1` so far, redrawn as results arrive."""
 
-    def __init__(self, info: ExperimentInfo, console: Console | None = None, before: Counter | None = None):
-        self.info = info
+    def __init__(self, info: ExperimentInfo, recorder: StoreCallback, console: Console | None = None):
+        self.info, self.recorder = info, recorder
         self.console = console
         self.live: Live | None = None
         self.best: tuple[float, str, dict] | None = None
         self.baseline: float | None = None  # the baseline trial's best val_l1 so far
-        self.before = before or Counter()  # ended trials of earlier runs (--continue), by state
 
     def __getstate__(self):
-        return {"info": self.info, "console": None, "live": None, "best": None, "baseline": None,
-                "before": self.before}
+        return {**self.__dict__, "console": None, "live": None, "best": None, "baseline": None}
 
     def setup(self, **info):
         self.live = Live(self.render([]), console=self.console or Console(), refresh_per_second=4,
                          transient=False)
         self.live.start()
 
-    def state_of(self, trial) -> str:
-        if trial.status == "TERMINATED":
-            epochs = (trial.last_result or {}).get("epoch", 0)
-            return "done" if epochs >= self.info.max_epochs else "pruned"
-        return STATE_NAMES.get(trial.status, trial.status.lower())
+    def counts(self, trials) -> Counter:
+        """The store's trials by status, and Tune's trials that have no record yet."""
+        store = self.recorder.store
+        recorded = store.trials if store is not None else {}
+        counts = live_counts(r.status for r in recorded.values())
+        counts.update(LIVE_STATES[t.status] for t in trials
+                      if record_id(t) not in recorded and t.status in LIVE_STATES)
+        return counts
 
     def render(self, trials) -> Group:
         """The counts as a table; the best parameters on a line of their own, which may wrap."""
-        counts = Counter(self.state_of(t) for t in trials) + self.before
+        counts = self.counts(trials)
         columns = [Column(state, [str(counts.get(state, 0))], short=state[:4], justify="right")
-                   for state in ("running", "waiting", "pending", "done", "pruned", "failed")
-                   if state != "waiting" or counts.get(state)]  # only while trials wait: 80 columns
+                   for state in SHOWN_STATES if state not in SHOWN_IF_ANY or counts.get(state)]
         columns += [Column("baseline val_l1", [metric(self.baseline)], short="baseline", justify="right",
                            priority=1),
                     Column("best val_l1", [metric(self.best and self.best[0])], short="best", justify="right")]
-        started = len(trials) + self.info.extra.get("run_starts", [0])[-1]
+        started = sum(counts.values()) - counts.get("pending", 0)
         caption = f"{started} of {self.info.num_samples} trials started, max {self.info.max_epochs} epochs"
         best = f"best parameters: {params_text(self.best[2])}" if self.best is not None else ""
         return Group(FitTable(columns, title=f"search {self.info.name}", caption=caption), Text(best))
@@ -70,7 +74,7 @@ class LiveTable(Callback):
         if value is None or math.isnan(value):
             return
         if self.best is None or value < self.best[0]:
-            self.best = (value, trial.trial_id, {p: trial.config.get(p) for p in self.info.params})
+            self.best = (value, record_id(trial), {p: trial.config.get(p) for p in self.info.params})
         if is_baseline(trial) and (self.baseline is None or value < self.baseline):
             self.baseline = value
 

@@ -10,14 +10,16 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
-from ..results import START_METRICS, START_PREFIX, ExperimentInfo, TrialStore
-from . import budget, hparams
-from .scheduler import is_baseline
+from ..results import FINAL_STATUSES, START_METRICS, START_PREFIX, TRIALS_FILE, WAITING, ExperimentInfo, TrialStore, read_info
+from . import hparams
+from .budget import SPENT_KEY, SearchClock
+from .scheduler import FINALS_OF, is_baseline, is_finalist, record_id
 from .recover import repair_checkpoint, skip_stored_checkpoints
 from .uri_storage import checkpoint_location, upload_own_files
 
@@ -69,8 +71,10 @@ class StoreCallback(Callback):
         """Tune's experiment folder, holding the trials' checkpoint folders."""
         return self.folder
 
-    def __init__(self, folder: Path, info: ExperimentInfo):
+    def __init__(self, folder: Path, info: ExperimentInfo, clock: SearchClock | None = None,
+                 finals_rung: int | None = None):
         self.folder, self.info = Path(folder), info
+        self.clock, self.finals_rung = clock, finals_rung
         self.store: TrialStore | None = None
         self.events = 0  # results and checkpoints recorded by this driver
         self.kill_after, self.kill_at_snapshot, self.snapshot_kill_armed = 0, False, False
@@ -81,9 +85,16 @@ class StoreCallback(Callback):
 
     def __getstate__(self):
         # A fresh callback's state: the store, clocks and counters are rebuilt in `setup`.
-        return dict(type(self)(self.folder, self.info).__dict__)
+        return dict(type(self)(self.folder, self.info, self.clock, self.finals_rung).__dict__)
 
     def setup(self, **info):
+        if (self.folder / TRIALS_FILE).is_file() and type(self) is StoreCallback:
+            # This run's settings, which the driver wrote there (a restored callback's are
+            # those of the run that began the experiment), and the time spent so far.
+            self.info = read_info(self.folder)
+        if self.clock is not None:
+            self.clock.budget_s = self.info.extra.get("search", {}).get("time_budget")
+            self.clock.restart(self.info.extra.get(SPENT_KEY, 0.0))
         self.store = self.open_store()
         self.kill_after, self.kill_at_snapshot = kill_point(os.environ.get(KILL_AFTER_ENV, ""))
         self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
@@ -97,8 +108,8 @@ class StoreCallback(Callback):
         return {p: trial.config.get(p) for p in self.info.params}
 
     def wall_seconds(self, trial) -> float:
-        start = self.started.setdefault(trial.trial_id, time.monotonic())
-        return self.elapsed.get(trial.trial_id, 0.0) + time.monotonic() - start
+        start = self.started.setdefault(record_id(trial), time.monotonic())
+        return self.elapsed.get(record_id(trial), 0.0) + time.monotonic() - start
 
     def on_step_begin(self, iteration, trials, **info):
         # Trials a resumed search restores are all there before its first step, before
@@ -110,15 +121,27 @@ class StoreCallback(Callback):
             if trial.trial_id not in self.seen:
                 self.seen.add(trial.trial_id)
                 if trial.status == trial.PENDING:
-                    repair_checkpoint(trial, self.store.trials.get(trial.trial_id))
+                    repair_checkpoint(trial, self.own_record(trial))
                     skip_stored_checkpoints(trial)
+            if trial.status == trial.ERROR and not self.store.is_finished(record_id(trial)):
+                # Ended by Tune without a callback (a reused actor whose reset failed).
+                self.store.record_end(record_id(trial), self.params_of(trial), "error", error_message(trial),
+                                      baseline=is_baseline(trial))
+
+    def own_record(self, trial):
+        """The store's record of this Tune trial's own epochs (a finalist's: from the rung on)."""
+        record = self.store.trials.get(record_id(trial))
+        if record is None or self.finals_rung is None or is_baseline(trial):
+            return record
+        mine = (lambda e: e > self.finals_rung) if is_finalist(trial) else (lambda e: e <= self.finals_rung)
+        return replace(record, checkpoints={e: p for e, p in record.checkpoints.items() if mine(e)})
 
     def drop_lost_trials(self, trials) -> None:
         """Trials of the store that a resumed Tune does not know: they started after its
         last snapshot, so they never resume, and Tune's searcher (restored from the same
         snapshot) runs a new trial in the place of each, finished or not. Their records and
         checkpoint folders go, so the search holds its number of trials, each once."""
-        known = {t.trial_id for t in trials}
+        known = {record_id(t) for t in trials}
         run_start = self.info.extra.get("run_starts", [0])[-1]  # earlier runs' trials stay
         lost = {t for t, r in self.store.trials.items() if t not in known and r.number >= run_start}
         for trial_id in lost:
@@ -129,11 +152,15 @@ class StoreCallback(Callback):
             self.store.drop(lost)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.started[trial.trial_id] = time.monotonic()
+        self.started[record_id(trial)] = time.monotonic()
+        record = self.store.trials.get(record_id(trial))
+        if is_finalist(trial) and record is not None and record.status == WAITING:
+            record.status = "running"  # a finalist: its screened trial trains on
+            self.store.write()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # A failed attempt that Tune retries: its time counts, and the retry starts anew.
-        self.end_attempt(trial.trial_id)
+        self.end_attempt(record_id(trial))
 
     def end_attempt(self, trial_id: str) -> None:
         start = self.started.pop(trial_id, None)
@@ -142,8 +169,8 @@ class StoreCallback(Callback):
 
     def note_time(self) -> None:
         """The search's time spent, saved with every write of the files (budget.py)."""
-        if budget.ACTIVE is not None:
-            self.info.extra[budget.SPENT_KEY] = budget.ACTIVE.spent()
+        if self.clock is not None:
+            self.info.extra[SPENT_KEY] = self.clock.spent()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.note_time()
@@ -151,7 +178,7 @@ class StoreCallback(Callback):
             log_start_to_tensorboard(trial, result)
         # A result that carries a checkpoint is written once, with it (`on_checkpoint`): the
         # trial waits for the driver after each report, so every write is time it waits.
-        self.store.record_epoch(trial.trial_id, self.params_of(trial), result, self.wall_seconds(trial),
+        self.store.record_epoch(record_id(trial), self.params_of(trial), result, self.wall_seconds(trial),
                                 write=not result.get(SHOULD_CHECKPOINT, False), baseline=is_baseline(trial))
         self.count_event()
 
@@ -160,7 +187,7 @@ class StoreCallback(Callback):
         self.note_time()
         epoch = (trial.last_result or {}).get("epoch")
         if epoch is not None:
-            self.store.record_checkpoint(trial.trial_id, int(epoch),
+            self.store.record_checkpoint(record_id(trial), int(epoch),
                                          checkpoint_location(checkpoint.path, checkpoint.filesystem))
         else:
             self.store.write()
@@ -182,32 +209,69 @@ class StoreCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.note_time()
-        epochs = (trial.last_result or {}).get("epoch", 0)
-        status = "completed" if epochs >= self.info.max_epochs else \
-            "stopped" if budget.stopped_by_budget(trial.trial_id) else "pruned"
-        self.store.record_end(trial.trial_id, self.params_of(trial), status,
+        self.store.record_end(record_id(trial), self.params_of(trial), self.end_status(trial),
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
         self.log_session(trial)
 
+    def end_status(self, trial) -> str:
+        epochs = (trial.last_result or {}).get("epoch", 0)
+        if epochs >= self.info.max_epochs:
+            return "completed"
+        if self.clock is not None and trial.trial_id in self.clock.stopped:
+            return "stopped"
+        screened = self.finals_rung is not None and epochs >= self.finals_rung
+        return WAITING if screened and not is_finalist(trial) and not is_baseline(trial) else "pruned"
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.note_time()
-        self.store.record_end(trial.trial_id, self.params_of(trial), "error", error_message(trial),
+        self.store.record_end(record_id(trial), self.params_of(trial), "error", error_message(trial),
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
         self.log_session(trial)
 
     def on_experiment_end(self, trials, **info):
+        spent = self.clock is not None and self.clock.is_spent()
+        if run_over(self.store, spent, {record_id(t) for t in trials}):
+            end_waiting(self.store, spent)  # before the live table's last frame
         for trial in trials:  # the driver stops (or all ended): unfinished trials, as interrupted
             self.log_session(trial, ended=False)
 
     def log_session(self, trial, ended: bool = True) -> None:
         if self.hparams_tab:
-            hparams.log_trial_session(self.folder, self.info, trial, self.store.trials.get(trial.trial_id), ended)
+            hparams.log_trial_session(self.folder, self.info, trial, self.store.trials.get(record_id(trial)), ended)
 
 
-def record_silent_errors(store: TrialStore, ray_trials: dict) -> None:
+def run_over(store: TrialStore, budget_spent: bool, known: set[str]) -> bool:
+    """Whether this run of the search is over: every trial Tune knows ended or screened, all
+    its trials handed out (unless the budget ended it first), and the finals done: the
+    finalists trained to the end, or no screened trial is left to continue."""
+    start = store.info.extra.get("run_starts", [0])[-1]
+    mine = [r for r in store.trials.values() if r.number >= start]
+    if any(r.status not in FINAL_STATUSES and r.status != WAITING for r in mine if r.trial_id in known):
+        return False
+    if len(mine) < store.info.num_samples - start and not budget_spent:
+        return False
+    finalists = sum(r.status == "completed" and not r.baseline for r in mine)
+    waiting = sum(r.status == WAITING for r in mine)
+    return budget_spent or waiting == 0 or finalists >= store.info.extra.get("search", {}).get("finalists", 0)
+
+
+def end_waiting(store: TrialStore, budget_spent: bool) -> None:
+    """Screened trials no finalist continued: pruned (stopped, when the budget ended the run)."""
+    for record in list(store.trials.values()):
+        if record.status == WAITING:
+            store.record_end(record.trial_id, record.params, "stopped" if budget_spent else "pruned")
+
+
+def result_id(result) -> str:
+    """The record of a Tune Result (of fit()): its trial's folder is trial_ID (tuner.py)."""
+    return result.config.get(FINALS_OF) or Path(result.path).name.removeprefix("trial_")
+
+
+def record_silent_errors(store: TrialStore, results: list) -> None:
     """Trials Tune ended in error without telling its callbacks (a reused actor that
     failed to reset): recorded as `error` with Tune's message, so none stays 'running'."""
-    for trial_id, result in ray_trials.items():
+    for result in results:
+        trial_id = result_id(result)
         if result.error is not None and not store.is_finished(trial_id):
             lines = str(result.error).strip().splitlines() or ["the trial failed"]
             store.record_end(trial_id, {p: result.config.get(p) for p in store.info.params}, "error", lines[-1],

@@ -5,15 +5,17 @@ of them wait there, RUNNING in the study, until every trial is screened. Stock T
 every COMPLETE trial above every pruned one and treats RUNNING ones as bad (its constant
 liar), so for most of a search its best examples would be the baseline (the only trial
 that completes early) and it would steer away from the waiting trials, the best found.
-Here the wrapped sampler sees each trial that reached the rung as COMPLETE with its value
-there (what the finalists are chosen by); trials stopped before it stay PRUNED, and
-RUNNING ones below it stay RUNNING.
+Here the wrapped sampler samples from a copy of the study in memory, made for each trial
+asked, in which each trial that reached the rung is COMPLETE with its value there (what
+the finalists are chosen by); trials stopped before it stay PRUNED, and RUNNING ones
+below it stay RUNNING. The copy holds every trial in the study's order, so numbers match.
 """
 
 from __future__ import annotations
 
 import copy
 
+import optuna
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
@@ -24,33 +26,39 @@ class ScreeningSampler(SamplerWrapper):
     def __init__(self, base: BaseSampler, rung: int):
         super().__init__(base)
         self.rung = rung
+        self.screened: tuple[int, optuna.Study] | None = None  # (trial number, the copy made for it)
+
+    def __getstate__(self):
+        return {**self.__dict__, "screened": None}
+
+    def before_trial(self, study, trial) -> None:
+        self.screened = (trial.number, screened_study(study, self.rung))
+        self.base.before_trial(self.seen(study, trial), trial)
+
+    def seen(self, study, trial) -> optuna.Study:
+        """The copy made for this trial; for a trial asked before it (none), one made now."""
+        if self.screened is None or self.screened[0] != trial.number:
+            self.screened = (trial.number, screened_study(study, self.rung))
+        return self.screened[1]
 
     def infer_relative_search_space(self, study, trial):
-        return self.base.infer_relative_search_space(ScreenedStudy(study, self.rung), trial)
+        return self.base.infer_relative_search_space(self.seen(study, trial), trial)
 
     def sample_relative(self, study, trial, search_space):
-        return self.base.sample_relative(ScreenedStudy(study, self.rung), trial, search_space)
+        return self.base.sample_relative(self.seen(study, trial), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self.base.sample_independent(ScreenedStudy(study, self.rung), trial, param_name,
-                                            param_distribution)
+        return self.base.sample_independent(self.seen(study, trial), trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.base.after_trial(study, trial, state, values)
 
 
-class ScreenedStudy:
-    """The study as the wrapped sampler reads it; everything else is the study itself."""
-
-    def __init__(self, study, rung: int):
-        self._study, self._rung = study, rung
-
-    def __getattr__(self, name):
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
-        trials = [at_rung(t, self._rung) for t in self._study._get_trials(deepcopy=False, use_cache=use_cache)]
-        return [t for t in trials if states is None or t.state in states]
-
-    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
-        return self._get_trials(states=states)
+def screened_study(study: optuna.Study, rung: int) -> optuna.Study:
+    """The study in memory as the wrapped sampler reads it: every trial, at the rung."""
+    seen = optuna.create_study(directions=study.directions)
+    seen.add_trials([at_rung(t, rung) for t in study.get_trials(deepcopy=False)])
+    return seen
 
 
 def at_rung(trial: FrozenTrial, rung: int) -> FrozenTrial:
@@ -59,4 +67,5 @@ def at_rung(trial: FrozenTrial, rung: int) -> FrozenTrial:
         return trial
     seen = copy.copy(trial)
     seen.state, seen.value = TrialState.COMPLETE, value
+    seen.datetime_complete = trial.datetime_complete or trial.datetime_start  # a finished trial has one
     return seen

@@ -20,8 +20,9 @@ from ..config import TrainConfig
 from ..results import START_METRICS, START_PREFIX
 from ..data import TrainData, load_pack_dir, open_pack
 from ..data.staging import stage_pack
-from ..results import TrialStore
+from ..results import WAITING, TrialStore
 from ..trainer import train
+from .scheduler import BASELINE_KEY, FINALS_OF
 from .storage import linking_filesystem
 from .uri_storage import SCRATCH_FOLDER
 
@@ -37,14 +38,25 @@ class TrialSetup:
     params: tuple[str, ...]  # keys of `config` that are training options
     threads: int
     experiment_dir: str
+    finals_rung: int | None = None  # screening trials end here (scheduler.py); finalists go on
 
 
 def trial_config(setup: TrialSetup, config: dict, gpus: float = 0.0) -> TrainConfig:
     """The trial's training options, on an explicit device: a trial without a GPU share
     trains on the CPU even where Ray lets its worker see GPUs (on "auto" every such trial
-    would take GPU 0)."""
+    would take GPU 0). A screening trial trains to the finals rung and keeps its optimizer
+    moments there, for the finalist that continues it."""
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-    return setup.base.with_values(**{k: config[k] for k in setup.params if k in config}, device=device)
+    values = {k: config[k] for k in setup.params if k in config}
+    if setup.finals_rung is not None and not config.get(BASELINE_KEY) and not config.get(FINALS_OF):
+        values.update(epochs=setup.finals_rung, moments_in_last_checkpoint=True)
+    return setup.base.with_values(**values, device=device)
+
+
+def trial_threads(setup: TrialSetup) -> int:
+    """Torch threads: the CPUs Tune gave this trial (a finalist may have more: tuner.py)."""
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", setup.threads)
+    return max(1, int(cpus))
 
 
 def trial_gpus() -> float:
@@ -70,6 +82,16 @@ def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def start_checkpoint(setup: TrialSetup, config: dict) -> tune.Checkpoint | None:
+    """Where the trial resumes: its own latest checkpoint, else, for a finalist, the
+    checkpoint its screened trial ended on at the finals rung."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None or not config.get(FINALS_OF):
+        return checkpoint
+    record = trials_store(Path(setup.experiment_dir)).trials[config[FINALS_OF]]
+    return tune.Checkpoint(record.checkpoints[setup.finals_rung])
 
 
 @contextmanager
@@ -128,17 +150,18 @@ def scratch_root(setup: TrialSetup) -> Path:
     return root
 
 
-def recorded_result(setup: TrialSetup) -> dict | None:
-    """The last epoch of a trial the store holds as finished, else None.
+def recorded_result(setup: TrialSetup, config: dict) -> dict | None:
+    """The last epoch of a trial the store holds as finished (or screened), else None.
 
     After a SIGKILL, Tune can run a finished trial again from its stale snapshot.
     """
     store = trials_store(Path(setup.experiment_dir))
     if store is None:
         return None
-    trial_id = tune.get_context().get_trial_id()
-    record = store.trials.get(trial_id)
-    if not store.is_finished(trial_id) or not record.trained():
+    record = store.trials.get(config.get(FINALS_OF) or tune.get_context().get_trial_id())
+    ended = record is not None and (store.is_finished(record.trial_id)
+                                    or (record.status == WAITING and not config.get(FINALS_OF)))
+    if not ended or not record.trained():
         return None
     last = max(record.trained())
     return {**record.epochs[last], "epoch": last}
@@ -166,8 +189,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     """
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    torch.set_num_threads(setup.threads)
-    finished = recorded_result(setup)
+    torch.set_num_threads(trial_threads(setup))
+    finished = recorded_result(setup, config)
     if finished is not None:
         tune.report(finished)
         return
@@ -176,7 +199,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     device = torch.device(train_config.device)
     cap_gpu_memory(device, gpus)
     try:
-        out_of_memory = train_trial(train_config, setup)
+        out_of_memory = train_trial(train_config, setup, config)
     finally:
         release_memory(device)
     if out_of_memory:
@@ -195,7 +218,7 @@ def trial_data(setup: TrialSetup) -> TrainData:
     return TrainData(open_pack(Path(setup.train_pack)), open_pack(Path(setup.val_pack)))
 
 
-def train_trial(config: TrainConfig, setup: TrialSetup) -> bool:
+def train_trial(config: TrainConfig, setup: TrialSetup, tune_config: dict) -> bool:
     """Train the trial, reporting each epoch to Tune; True when CUDA ran out of memory.
 
     The out-of-memory error is dropped here, not re-raised: its traceback holds the frames,
@@ -219,7 +242,7 @@ def train_trial(config: TrainConfig, setup: TrialSetup) -> bool:
     remove_stale_scratch(root)
     try:
         with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=root) as scratch, \
-                resume_folder(tune.get_checkpoint()) as resume_from:
+                resume_folder(start_checkpoint(setup, tune_config)) as resume_from:
             result = train(config, data, report=report, output_dir=Path(scratch),
                            resume_from=resume_from)
     except torch.cuda.OutOfMemoryError:
