@@ -136,60 +136,6 @@ def test_a_shipped_space_keeps_its_module_name_wherever_the_package_is(tmp_path,
     assert module_name_for(tmp_path / "tiny.py") == name
 
 
-def test_every_epoch_reaches_optuna_and_stopped_trials_are_pruned():
-    """As Tune calls it: the result on which ASHA stops a trial reaches on_trial_complete only."""
-    from optuna.trial import TrialState
-
-    from tune_adapter.search.optuna_pruned import PrunedAwareOptunaSearch
-
-    space = load_space(SHIPPED_DIR / "tiny.py")
-    searcher = PrunedAwareOptunaSearch(space=space.function, metric="val_l1", mode="min", max_epochs=3)
-    curves = {"a": [0.9], "b": [0.8, 0.5, 0.6], "c": [0.7, 0.65]}
-    for trial_id, curve in curves.items():
-        assert searcher.suggest(trial_id) is not None
-        results = [{"val_l1": v, "epoch": e, "training_iteration": e} for e, v in enumerate(curve, 1)]
-        for result in results[:-1]:
-            searcher.on_trial_result(trial_id, result)
-        searcher.on_trial_complete(trial_id, results[-1])
-    searcher.suggest("d")
-    searcher.on_trial_complete("d", None, error=True)
-    trials = [searcher.study_trial(t) for t in "abcd"]
-    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED,
-                                         TrialState.FAIL]
-    for trial, curve in zip(trials, curves.values()):
-        assert trial.intermediate_values == dict(enumerate(curve, 1))
-    assert trials[1].value == pytest.approx(0.5)  # a completed trial's best epoch, not its last
-
-
-def test_the_baseline_is_the_first_trial_and_asha_never_stops_it():
-    from types import SimpleNamespace
-
-    from ray.tune.schedulers import TrialScheduler
-
-    from tune_adapter.search.optuna_pruned import BASELINE_KEY, PrunedAwareOptunaSearch
-    from tune_adapter.search.scheduler import SearchScheduler
-
-    space = load_space(SHIPPED_DIR / "tiny.py")
-    searcher = PrunedAwareOptunaSearch(space=space.function, metric="val_l1", mode="min",
-                                       max_epochs=4, baseline=space.baseline)
-    first, second = searcher.suggest("a"), searcher.suggest("b")
-    assert first[BASELINE_KEY] is True and BASELINE_KEY not in second
-    assert {k: first[k] for k in space.baseline} == space.baseline
-
-    scheduler = SearchScheduler(trials=3, finals=None, finalists=0, time_attr="epoch", metric="val_l1", mode="min",
-                                max_t=4, grace_period=1, reduction_factor=2)
-    good = SimpleNamespace(trial_id="good", config={})
-    base = SimpleNamespace(trial_id="base", config={BASELINE_KEY: True})
-    worse = SimpleNamespace(trial_id="worse", config={})
-    for trial in (good, base, worse):
-        scheduler.on_trial_add(None, trial)
-    assert scheduler.on_trial_result(None, good, {"epoch": 1, "val_l1": 0.1}) == TrialScheduler.CONTINUE
-    # Both are worse than the rung's cutoff: ASHA stops the plain trial, keeps the baseline.
-    assert scheduler.on_trial_result(None, worse, {"epoch": 1, "val_l1": 0.9}) == TrialScheduler.STOP
-    assert scheduler.on_trial_result(None, base, {"epoch": 1, "val_l1": 0.9}) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, base, {"epoch": 4, "val_l1": 0.8}) == TrialScheduler.STOP
-
-
 @pytest.mark.parametrize("baseline, needle", [
     ('{"lr": 1e-3, "momentum": 0.9}', "does not suggest"),
     ('{"lr": 1.0}', "outside its distribution"),

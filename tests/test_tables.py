@@ -3,6 +3,7 @@ tables at 80 columns, and `results --wide`."""
 
 import io
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -93,7 +94,7 @@ def test_best_at_80_columns_keeps_its_ranking_and_fits(experiment):
 
 def test_live_table_at_80_columns_keeps_full_headers():
     info = ExperimentInfo(name="default", params=["lr", "batch_size"], max_epochs=10, num_samples=16)
-    live = LiveTable(info)
+    live = LiveTable(info, SimpleNamespace(store=None))
     live.best, live.baseline = (0.03241, "t1", {"lr": 0.00123456, "batch_size": 4}), 0.0412
     text = rendered(live.render([]))
     assert widest(text) <= 80
@@ -103,16 +104,24 @@ def test_live_table_at_80_columns_keeps_full_headers():
     assert "run" in rendered(live.render([]), width=50) and widest(rendered(live.render([]), width=50)) <= 50
 
 
-def test_live_table_counts_waiting_trials_only_while_there_are_some():
-    from types import SimpleNamespace
+def test_live_table_counts_are_the_store_s_and_waiting_shows_only_while_some_wait(tmp_path):
+    from tune_adapter.results import TrialStore
 
     info = ExperimentInfo(name="default", params=["lr"], max_epochs=10, num_samples=16)
-    live = LiveTable(info)
-    paused = [SimpleNamespace(status="PAUSED", last_result={"epoch": 3}) for _ in range(2)]
-    assert "waiting" not in rendered(live.render(paused[:0]), width=120)
-    lines = rendered(live.render(paused + [SimpleNamespace(status="RUNNING", last_result={})]), width=120)
+    store = TrialStore(tmp_path, info)
+    live = LiveTable(info, SimpleNamespace(store=store))
+    tune_trial = lambda trial_id, status: SimpleNamespace(trial_id=trial_id, status=status, config={})  # noqa: E731
+    assert "waiting" not in rendered(live.render([]), width=120)
+    for trial_id, status in (("a", "waiting"), ("b", "waiting"), ("c", "pruned")):
+        store.record_epoch(trial_id, {"lr": 1e-3}, {"epoch": 3, "val_l1": 0.5}, 1.0)
+        store.record_end(trial_id, {"lr": 1e-3}, status)
+    # Tune's view: a, b and c ended (TERMINATED); d runs with no result yet; e waits for a CPU.
+    trials = [tune_trial(t, "TERMINATED") for t in "abc"] + [tune_trial("d", "RUNNING"), tune_trial("e", "PENDING")]
+    lines = rendered(live.render(trials), width=120)
     header, counts = [line for line in lines.splitlines() if "waiting" in line or "│" in line][:2]
-    assert "waiting" in header and [c.strip() for c in counts.split("│")[1:3]] == ["1", "2"]
+    names = [c.strip() for c in header.split("┃")[1:5]]
+    assert names == ["running", "waiting", "pending", "done"]
+    assert [c.strip() for c in counts.split("│")[1:6]] == ["1", "2", "1", "0", "1"]
 
 
 def test_confirm_table_leaves_out_min_and_max_first():

@@ -31,6 +31,7 @@ from optuna.distributions import (
 from .config import SEARCHABLE, TrainConfig, option_problem
 from .errors import ConfigError
 from .search.options import SPACE_CONSTANTS
+from .distributions import holds
 
 FLAG_CONSTANTS = tuple(name.upper() for name in SPACE_CONSTANTS)  # NUM_SAMPLES, ...
 PROBE_RUNS = 64
@@ -259,10 +260,6 @@ def check_baseline(probed: ProbedSpace, space: SearchSpace) -> None:
         if dist is None:
             raise ConfigError(f"--space {space.path}: BASELINE sets {name!r}, which space(trial) does not "
                               f"suggest; use one of {', '.join(sorted(probed.distributions))}")
-        try:
-            inside = dist._contains(dist.to_internal_repr(value))
-        except (TypeError, ValueError):
-            inside = False
-        if not inside:
+        if not holds(dist, value):
             raise ConfigError(f"--space {space.path}: BASELINE {name}={value!r} lies outside its "
                               f"distribution {dist}: change the value or the range")

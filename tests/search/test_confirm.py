@@ -224,7 +224,7 @@ def test_a_killed_confirmation_resumes_and_runs_every_run_once(confirmed, tmp_pa
     import subprocess
     import sys
 
-    from tune_adapter.search.record import KILL_AFTER_ENV
+    from tune_adapter.bench.faults import KILL_AFTER_ENV
 
     folder = tmp_path / "tiny"
     folder.mkdir()
@@ -284,9 +284,9 @@ def test_a_finished_confirmation_run_is_not_trained_again_after_a_crash(tmp_path
     store.record_end("run1", params, "completed")
     monkeypatch.setattr(trial.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "run1"))
     setup = SimpleNamespace(experiment_dir=str(tmp_path / CONFIRM_FOLDER))
-    assert trial.recorded_result(setup) == pytest.approx({**metrics, "epoch": 2, "val_l1": 0.25})
+    assert trial.recorded_result(setup, {}) == pytest.approx({**metrics, "epoch": 2, "val_l1": 0.25})
     monkeypatch.setattr(trial.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "run2"))
-    assert trial.recorded_result(setup) is None  # not finished: it trains
+    assert trial.recorded_result(setup, {}) is None  # not finished: it trains
 
 
 def test_a_lost_confirmation_run_leaves_no_checkpoint_behind(tmp_path):

@@ -191,19 +191,23 @@ def test_bench_faults_prints_a_row_per_kill_point_and_fails_when_one_failed(tmp_
 
     search = fault_bench.FaultSearch(TINY, tmp_path, tmp_path, tmp_path / "runs")
     good = fault_bench.KillOutcome(("4s",), killed=1, exit_code=0, trials=6, statuses={"completed": 6},
-                                   finalists=1)
+                                   finalists=1, best_at_rung=True)
+    # Finalists trained to the end, but not the best one at the rung.
+    wrong = fault_bench.KillOutcome(("3",), killed=1, exit_code=0, trials=6, statuses={"completed": 6},
+                                    finalists=1, best_at_rung=False)
     lost = fault_bench.KillOutcome(("2", "6s"), killed=2, exit_code=0, trials=6,
                                    statuses={"completed": 5, "error": 1}, errors=["ValueError: gone"])
     # Every trial once, but no trial besides the baseline trained to the end.
     starved = fault_bench.KillOutcome(("12s",), killed=1, exit_code=0, trials=6,
                                       statuses={"completed": 1, "pruned": 5}, finalists=0)
-    assert good.ok(search) and not lost.ok(search) and not starved.ok(search)
-    monkeypatch.setattr(fault_bench, "bench_faults", lambda *a, **k: (search, [good, lost, starved]))
+    assert good.ok(search) and not lost.ok(search) and not starved.ok(search) and not wrong.ok(search)
+    monkeypatch.setattr(fault_bench, "bench_faults", lambda *a, **k: (search, [good, lost, starved, wrong]))
     result = CliRunner().invoke(app, ["bench", "--faults", "--work-dir", str(tmp_path)], env={"COLUMNS": "160"})
     assert result.exit_code == 1, result.output
     assert "4s" in result.output and "2 > 6s" in result.output and "FAILED" in result.output
     assert "kill after 2 > 6s: ValueError: gone" in result.output
     assert "kill after 12s: 0 of 1 finalists trained to the end" in result.output
+    assert "kill after 3: a finalist is not among the best at the finals rung" in result.output
 
 
 def tune_trial(tmp_path, checkpoints: dict[int, float]):
@@ -281,7 +285,7 @@ def test_trials_a_resumed_tune_never_knew_are_dropped_with_their_checkpoints(tmp
     store.record_checkpoint("lost", 1, str(lost_checkpoint))
     callback = StoreCallback(tmp_path, INFO)
     callback.setup()
-    callback.on_step_begin(0, [SimpleNamespace(trial_id=t, status=s, PENDING="PENDING")
+    callback.on_step_begin(0, [SimpleNamespace(trial_id=t, status=s, PENDING="PENDING", ERROR="ERROR", config={})
                                for t, s in (("a", "RUNNING"), ("c", "TERMINATED"))])
     trials = TrialStore(tmp_path, INFO).trials
     assert set(trials) == {"a", "c"}
@@ -300,7 +304,8 @@ def test_a_trial_tune_ended_in_error_without_telling_the_callbacks_is_recorded(t
     store.record_end("a", {"lr": 1e-3}, "completed")
     failed = SimpleNamespace(error=RuntimeError("Traceback ...\nTrainable runner reuse requires reset_config()"),
                              config={"lr": 3e-3})
-    record_silent_errors(store, {"a": SimpleNamespace(error=None, config={}), "b": failed})
+    failed.path = "/x/trial_b"
+    record_silent_errors(store, [SimpleNamespace(error=None, config={}, path="/x/trial_a"), failed])
     trials = TrialStore(tmp_path, INFO).trials
     assert trials["a"].status == "completed"
     assert trials["b"].status == "error" and trials["b"].params == {"lr": 3e-3}

@@ -89,13 +89,10 @@ def told_to_optuna(experiment_dir: Path, info, trial_ids) -> dict[str, str]:
     """Each Tune trial's state in the study, from the searcher state Tune saved in the
     experiment. By trial id: the store numbers trials in the order they first report, which
     for trials side by side need not be the order Optuna numbered them in."""
-    from tune_adapter.search.optuna_pruned import PrunedAwareOptunaSearch
-    from tune_adapter.space import load_space
+    from tune_adapter.search.study import open_study, tune_trials
 
-    searcher = PrunedAwareOptunaSearch(space=load_space(TINY).function, metric=info.metric,
-                                       mode=info.mode, max_epochs=info.max_epochs)
-    searcher.restore_from_dir(str(experiment_dir))
-    return {t: searcher.study_trial(t).state.name for t in trial_ids}
+    by_id = tune_trials(open_study(experiment_dir, info.name))
+    return {t: by_id[t].state.name for t in trial_ids}
 
 
 @pytest.mark.slow

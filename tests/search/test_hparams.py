@@ -1,14 +1,16 @@
 """TensorBoard's HParams entries (search/hparams.py) through the store callback's hooks, on
 a fake search's records (no Ray); the end-to-end check is in test_search.py."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from optuna.distributions import CategoricalDistribution
 from tensorboardX.proto.api_pb2 import DataType, Status
 
 from tests.support.fake_experiment import DISTRIBUTIONS, write_fake_experiment
-from tests.support.tfevents import sessions
+from tests.support.tfevents import read_events, sessions
 from tune_adapter.results import read_info
 from tune_adapter.search.record import StoreCallback
 
@@ -93,3 +95,45 @@ def test_a_failure_to_write_is_a_warning_not_an_error(ended, caplog):
     callback.on_trial_complete(0, [trial], trial)
     assert "could not write trial blocked's TensorBoard hparams" in caplog.text
     assert callback.store.trials["blocked"].status == "pruned"
+
+
+class LoggedTrial:
+    """What a TensorBoard logger reads of a Tune trial."""
+
+    def __init__(self, folder):
+        self.local_path, self.evaluated_params = str(folder), {"lr": 0.01, "train-loss": "l1"}
+
+    def init_local_path(self):
+        Path(self.local_path).mkdir(parents=True, exist_ok=True)
+
+
+def logged(logger, folder) -> tuple[dict, set]:
+    """A trial's results through a logger: {tag: [(step, value)]} and the hparams tags."""
+    trial = LoggedTrial(folder)
+    logger.log_trial_start(trial)
+    for epoch, val_l1 in enumerate([0.5, float("nan"), 0.4], start=1):
+        logger.log_trial_result(epoch, trial, {
+            "epoch": epoch, "val_l1": val_l1, "train_loss": np.float32(0.25), "done": epoch == 3,
+            "training_iteration": epoch, "time_total_s": 1.0 * epoch, "trial_id": "x", "config": {"lr": 0.01},
+            "start": {"val_l1": 0.9}, "checkpoint_dir_name": None})
+    logger.log_trial_end(trial)
+    scalars, plugins = {}, set()
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        for event in read_events(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    plugins.add(value.tag)
+                elif value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars, plugins
+
+
+def test_the_scalars_logger_writes_rays_scalars_and_no_hparams(tmp_path):
+    from ray.tune.logger import TBXLoggerCallback
+
+    from tune_adapter.search.hparams import TensorBoardScalars
+
+    ours, our_hparams = logged(TensorBoardScalars(), tmp_path / "ours")
+    rays, ray_hparams = logged(TBXLoggerCallback(), tmp_path / "rays")
+    assert ours == rays and "ray/tune/val_l1" in ours and "ray/tune/start/val_l1" in ours
+    assert ray_hparams and not our_hparams  # the store callback writes the trial's session

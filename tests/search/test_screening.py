@@ -5,7 +5,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tune_adapter.search.screening import ScreenedStudy, ScreeningSampler
+from tune_adapter.search.screening import ScreeningSampler, screened_study
 
 SPACE = {"x": FloatDistribution(0, 1)}
 
@@ -32,13 +32,13 @@ def study():
 
 
 def test_trials_at_the_rung_are_seen_complete_with_their_value_there(study):
-    seen = {t.number: t for t in ScreenedStudy(study, rung=3)._get_trials(deepcopy=False)}
+    seen = {t.number: t for t in screened_study(study, rung=3).get_trials(deepcopy=False)}
     assert (seen[0].state, seen[0].value) == (TrialState.COMPLETE, 0.8)  # the baseline, at epoch 3
     assert (seen[5].state, seen[5].value) == (TrialState.COMPLETE, 0.2)  # the waiting trial
     assert seen[1].state == TrialState.PRUNED and seen[6].state == TrialState.RUNNING
     # The study itself is untouched.
     assert [t.state for t in study.trials][5:] == [TrialState.RUNNING, TrialState.RUNNING]
-    assert ScreenedStudy(study, 3).get_trials(states=(TrialState.PRUNED,))[0].number == 1
+    assert screened_study(study, 3).get_trials(states=(TrialState.PRUNED,))[0].number == 1
 
 
 def test_tpe_samples_near_the_waiting_trial_not_near_the_baseline(study):
@@ -48,10 +48,9 @@ def test_tpe_samples_near_the_waiting_trial_not_near_the_baseline(study):
     def mean_draw(sampler) -> float:
         draws = []
         for seed in range(20):
+            study.sampler = sampler(optuna.samplers.TPESampler(n_startup_trials=2, seed=seed))
             trial = study.ask()
-            tpe = optuna.samplers.TPESampler(n_startup_trials=2, seed=seed)
-            frozen = study._storage.get_trial(trial._trial_id)
-            draws.append(sampler(tpe).sample_independent(study, frozen, "x", SPACE["x"]))
+            draws.append(trial.suggest_float("x", 0, 1))
             study.tell(trial, state=TrialState.FAIL)
         return sum(draws) / len(draws)
 

@@ -160,36 +160,6 @@ def lr_space(trial):
     return {"lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True)}
 
 
-def test_a_trial_asked_after_the_last_snapshot_is_taken_over_not_duplicated(tmp_path):
-    """The driver dies after the searcher asked for trial b but before Tune's snapshot
-    saved it: the resumed searcher (restored from that snapshot) gives the trial Tune asks
-    for in b's place b's study trial and configuration, so the study holds each once."""
-    from tune_adapter.search.optuna_pruned import PrunedAwareOptunaSearch
-
-    def searcher():
-        return PrunedAwareOptunaSearch(
-            space=lr_space, metric="val_l1",
-            mode="min", max_epochs=2, storage=journal_storage(tmp_path), study_name="s",
-            sampler=DistinctSampler(optuna.samplers.RandomSampler(seed=0), {"lr": LR}))
-
-    first = searcher()
-    first.suggest("a")
-    first.save(str(tmp_path / "snapshot.pkl"))
-    lost = first.suggest("b")
-    first.on_trial_result("a", {"epoch": 1, "val_l1": 0.5})
-
-    resumed = searcher()
-    resumed.restore(str(tmp_path / "snapshot.pkl"))
-    assert resumed.suggest("c") == lost
-    resumed.on_trial_complete("a", {"epoch": 2, "val_l1": 0.4})
-    fresh = resumed.suggest("d")
-    study = load_study(tmp_path, "s")
-    assert [t.user_attrs[TUNE_ID_ATTR] for t in study.trials] == ["a", "c", "d"]
-    # The sampler, restored from the snapshot too, draws b's value again: not run twice.
-    assert fresh != lost and study.trials[0].state == TrialState.COMPLETE
-    assert study.trials[0].intermediate_values == {1: 0.5, 2: 0.4}
-
-
 def test_bad_continue_warm_start_and_budget_flags_are_refused_in_one_line(tmp_path, synth_small):
     from typer.testing import CliRunner
 
@@ -261,3 +231,28 @@ def test_a_continue_on_other_data_or_epochs_is_refused():
     half = {"search": {"data": dict(data, pack_dtype="half")}}
     with pytest.raises(ConfigError, match="--pack-dtype: default was searched on float32, not half"):
         check_same_task(earlier, ExperimentInfo(name="default", params=[], max_epochs=10, extra=half))
+
+
+def test_reconcile_ends_each_running_study_trial_as_its_row_did(tmp_path):
+    """The driver died before the searcher told the study: reconcile tells it from Parquet,
+    curves included, through the journal's storage (study.set_intermediate)."""
+    from tests.support.fake_experiment import write_fake_experiment
+    from tune_adapter.results import TrialStore, read_info
+    from tune_adapter.search.study import open_study, reconcile
+
+    made = write_fake_experiment(tmp_path, trials=6)
+    store = TrialStore(tmp_path, read_info(tmp_path))
+    study = open_study(tmp_path, store.info.name)
+    for trial_id in [t.trial_id for t in made] + ["ghost"]:  # ghost: asked, never run
+        study.ask().set_user_attr(TUNE_ID_ATTR, trial_id)
+    reconcile(study, store, complete=True)
+    assert mismatches(tmp_path, store.info.name) == ["ghost: in the study, not in trials.parquet"]
+    by_id = tune_trials(load_study(tmp_path, store.info.name))
+    assert by_id["ghost"].state == TrialState.FAIL
+    for fake in made:
+        trial = by_id[fake.trial_id]
+        if trial.state == TrialState.PRUNED:  # Optuna's tell takes its last intermediate value
+            assert trial.value == pytest.approx(fake.val_l1[-1])
+        elif trial.state == TrialState.COMPLETE:
+            assert trial.value == pytest.approx(fake.best_val_l1)
+    assert {t.state for t in by_id.values()} == {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}

@@ -14,15 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..results import read_info, read_trials
-from ..search.driver import (
-    fixed_points,
-    max_concurrent,
-    prepare_search,
-    ray_session,
-    run_search,
-    trial_dirname,
-    trial_resources,
-)
+from ..search.driver import fixed_points, max_concurrent, prepare_search, ray_session, run_search, trial_resources
 from ..search.options import SearchOptions
 from ..search.storage import linking_filesystem
 from ..search.hparams import TensorBoardScalars
@@ -62,23 +54,18 @@ def summarize(label: str, folder: Path, seconds: float) -> RunSummary:
 
 def train_without_pruning(options: SearchOptions, configs: list[dict]) -> Path:
     """Every configuration to max epochs: FIFO scheduler, one grid point per configuration."""
-    from ray import tune
+    from ..search.tuner import TuneRun, make_tuner
 
     prepared = prepare_search(options)
+    setup = replace(prepared.setup, finals_rung=None)  # no screening: every trial trains to the end
     with ray_session(options):
         resources = trial_resources(options)
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(run_trial, setup=prepared.setup), resources),
-            param_space=fixed_points(configs),
-            tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=trial_dirname,
-                                        max_concurrent_trials=max_concurrent(options, resources)),
-            run_config=tune.RunConfig(name=options.experiment_name, verbose=0,
-                                      storage_path=str(options.experiment_dir.parent),
-                                      storage_filesystem=linking_filesystem(),
-                                      callbacks=[StoreCallback(options.experiment_dir, prepared.info),
-                                                 TensorBoardScalars()]),
-        )
-        tuner.fit()
+        run = TuneRun(name=options.experiment_name, setup=setup, resources=resources,
+                      storage={"storage_path": str(options.experiment_dir.parent),
+                               "storage_filesystem": linking_filesystem()},
+                      max_concurrent=max_concurrent(options, resources), max_failures=options.max_failures)
+        callbacks = [StoreCallback(options.experiment_dir, prepared.info), TensorBoardScalars()]
+        make_tuner(run, run_trial, param_space=fixed_points(configs), callbacks=callbacks, num_samples=1).fit()
     return options.experiment_dir
 
 

@@ -19,9 +19,61 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ray.tune import Callback
+
 from ..results import EPOCHS_FILE, TRIALS_FILE, read_epochs, read_trials
-from ..search.record import KILL_AFTER_ENV
+from ..search.scheduler import finals_rung
 from ..search.study import has_study, mismatches
+
+# Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),
+# or at Tune's first experiment snapshot after it ("Ns": Tune has then registered the
+# checkpoint and deleted the one it replaces, but its snapshot on storage still names that
+# one), so that this bench and the tests crash a search at chosen moments.
+KILL_AFTER_ENV = "TUNE_ADAPTER_KILL_AFTER"
+
+
+def kill_point(value: str) -> tuple[int, bool]:
+    """(N, at the next snapshot) from the variable's value; (0, False): never."""
+    value = value.strip()
+    at_snapshot = value.endswith("s")
+    return int(value.removesuffix("s") or 0), at_snapshot
+
+
+def kill_driver() -> None:
+    """SIGKILL the driver's process group when it leads one (the fault bench starts it so:
+    its local Ray dies with it, as in a machine crash), else the driver alone."""
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillSwitch(Callback):
+    """Counts the results and checkpoints the store recorded (it comes after the store's
+    callback) and kills the driver at the count `KILL_AFTER_ENV` names; idle without it."""
+
+    def setup(self, **info):
+        self.events, self.armed = 0, False
+        self.kill_after, self.at_snapshot = kill_point(os.environ.get(KILL_AFTER_ENV, ""))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.count()
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.count()
+
+    def count(self) -> None:
+        self.events += 1
+        if self.events == self.kill_after:
+            if not self.at_snapshot:
+                kill_driver()
+            self.armed = True
+
+    def get_state(self):
+        # Tune asks for callback state while it writes an experiment snapshot, before the
+        # snapshot reaches storage; there is no state to give (None: nothing saved).
+        if self.armed:
+            kill_driver()
+        return None
 
 # Kill points of `tune-adapter bench --faults`: single kills spread over a tiny search's
 # ~20 events (results and checkpoints of 6 trials: the baseline and the finalist 3 epochs,
@@ -62,6 +114,7 @@ class KillOutcome:
     trials: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     finalists: int = 0  # trials besides the baseline that trained to the end
+    best_at_rung: bool = False  # those finalists are the best trials at the finals rung, by their value there
     duplicate_trials: int = 0
     repeated_epochs: int = 0
     study_mismatches: list[str] = field(default_factory=list)  # the journal against the Parquet store
@@ -74,7 +127,7 @@ class KillOutcome:
         its finalists trained to the end."""
         return (self.exit_code == 0 and self.trials == search.num_samples and self.duplicate_trials == 0
                 and self.repeated_epochs == 0 and set(self.statuses) <= {"completed", "pruned"}
-                and not self.study_mismatches and self.finalists == search.finalists)
+                and not self.study_mismatches and self.finalists == search.finalists and self.best_at_rung)
 
 
 def run_driver(search: FaultSearch, name: str, resume: bool, kill_after: str | None) -> subprocess.CompletedProcess:
@@ -113,21 +166,30 @@ def run_kill_point(search: FaultSearch, kills: tuple[str, ...]) -> KillOutcome:
             outcome.tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         break  # the search ended (before its kill point, or the final resume)
     outcome.seconds = time.monotonic() - start
-    check_store(search.storage / name, outcome)
+    check_store(search.storage / name, outcome, finals_rung(1, 2, search.max_epochs) if search.finalists else None)
     return outcome
 
 
-def check_store(folder: Path, outcome: KillOutcome) -> None:
+def check_store(folder: Path, outcome: KillOutcome, rung: int | None = None) -> None:
     if not (folder / TRIALS_FILE).is_file() or not (folder / EPOCHS_FILE).is_file():
         return
     trials, epochs = read_trials(folder), read_epochs(folder)
     outcome.trials = int(trials["trial_id"].nunique())
     outcome.duplicate_trials = int(trials["trial_id"].duplicated().sum())
     outcome.statuses = {str(k): int(v) for k, v in trials["status"].value_counts().items()}
-    outcome.finalists = int(((trials["status"] == "completed") & ~trials["baseline"]).sum())
+    finalists = trials.loc[(trials["status"] == "completed") & ~trials["baseline"], "trial_id"]
+    outcome.finalists = len(finalists)
+    outcome.best_at_rung = rung is None or set(finalists) == best_at(trials, epochs, rung, len(finalists))
     outcome.repeated_epochs = int(epochs.duplicated(["trial_id", "epoch"]).sum())
     outcome.errors = [str(e) for e in trials["error"].dropna()]
     outcome.study_mismatches = mismatches(folder, folder.name) if has_study(folder) else ["no optuna.journal"]
+
+
+def best_at(trials, epochs, rung: int, count: int) -> set[str]:
+    """The `count` best screened trials by their val_l1 at the rung (ties by trial id)."""
+    screened = trials.loc[~trials["baseline"], "trial_id"]
+    at_rung = epochs[(epochs["epoch"] == rung) & epochs["trial_id"].isin(screened)].dropna(subset=["val_l1"])
+    return set(at_rung.sort_values(["val_l1", "trial_id"])["trial_id"].head(count))
 
 
 def bench_faults(work_dir: Path, space: Path, kill_points=BENCH_KILLS, num_samples: int = 6,
@@ -157,7 +219,7 @@ def outcomes_table(search: FaultSearch, outcomes: list[KillOutcome]):
     table = Table(title=f"tune-adapter bench --faults: {search.num_samples} trials x up to "
                         f"{search.max_epochs} epochs, killed then resumed", title_justify="left")
     table.add_column("kill after", no_wrap=True)
-    for column in ("kills", "exit", "trials", "completed", "pruned", "error", "other", "finalists",
+    for column in ("kills", "exit", "trials", "completed", "pruned", "error", "other", "finalists", "best",
                    "epochs twice", "study ≠", "s"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("outcome", no_wrap=True)
@@ -166,7 +228,7 @@ def outcomes_table(search: FaultSearch, outcomes: list[KillOutcome]):
         verdict = "[green]ok" if o.ok(search) else "[red]FAILED"
         table.add_row(" > ".join(o.kills), str(o.killed), str(o.exit_code), str(o.trials),
                       *(str(o.statuses.get(k, 0)) for k in ("completed", "pruned", "error")), str(other),
-                      str(o.finalists), str(o.repeated_epochs), str(len(o.study_mismatches)), f"{o.seconds:.0f}", verdict)
+                      str(o.finalists), "yes" if o.best_at_rung else "no", str(o.repeated_epochs), str(len(o.study_mismatches)), f"{o.seconds:.0f}", verdict)
     return table
 
 
@@ -177,6 +239,7 @@ def failure_lines(search: FaultSearch, outcomes: list[KillOutcome]) -> list[str]
         if not o.ok(search):
             detail = "; ".join(o.errors + o.study_mismatches) or o.tail or (
                 f"{o.finalists} of {search.finalists} finalists trained to the end"
-                if o.finalists != search.finalists else "no error recorded")
+                if o.finalists != search.finalists else "a finalist is not among the best at the finals rung"
+                if not o.best_at_rung else "no error recorded")
             lines.append(f"kill after {' > '.join(o.kills)}: {detail}")
     return lines

@@ -162,10 +162,10 @@ def check_folder(folder: Path, resume: bool) -> None:
 
 def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, console=None) -> Path:
     """Run (or resume) the confirmation of the search in `options.experiment`; returns its folder."""
-    from ray import tune
-
-    from .driver import (fixed_points, keeps_freed_memory, load_sources, max_concurrent, ray_session,
-                         ready_nodes, trial_resources)
+    from .driver import (fit_quietly, fixed_points, keeps_freed_memory, load_sources, max_concurrent,
+                         ray_session, ready_nodes, trial_resources)
+    from ..bench.faults import KillSwitch
+    from .tuner import TuneRun, make_tuner
     from ..trainer import evaluate_pack
     from .live import LiveTable
     from .storage import linking_filesystem
@@ -217,28 +217,18 @@ def run_confirm(options: ConfirmOptions, trainable: Callable = run_trial, consol
     with ray_session(search_options):
         ready_nodes(setup, options.quiet, console)
         resources = trial_resources(search_options)
-        wrapped = tune.with_resources(tune.with_parameters(trainable, setup=setup), resources)
-        callbacks = [ConfirmCallback(folder, confirm_info), TensorBoardScalars()]  # no Ray hparams
-        if not options.quiet:
-            callbacks.append(LiveTable(confirm_info, console))
-        if options.resume:
-            # The runs' values are functions of the grid point (fixed_points): Tune saves
-            # them as placeholders, which a restore must be given again.
-            tuner = tune.Tuner.restore(str(search_options.experiment_dir), trainable=wrapped,
-                                       param_space=fixed_points(runs),
-                                       resume_unfinished=True, resume_errored=False, restart_errored=False,
-                                       storage_filesystem=linking_filesystem())
-        else:
-            tuner = tune.Tuner(wrapped, param_space=fixed_points(runs), tune_config=tune.TuneConfig(
-                reuse_actors=True, trial_dirname_creator=_trial_dirname,
-                max_concurrent_trials=max_concurrent(search_options, resources)),
-                run_config=tune.RunConfig(
-                    name=CONFIRM_FOLDER, storage_path=str(folder), verbose=0,
-                    storage_filesystem=linking_filesystem(), callbacks=callbacks,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_l1",
-                                                            checkpoint_score_order="min"),
-                    failure_config=tune.FailureConfig(max_failures=search_options.max_failures)))
-        tuner.fit()
+        run = TuneRun(name=CONFIRM_FOLDER, setup=setup, resources=resources,
+                      storage={"storage_path": str(folder), "storage_filesystem": linking_filesystem()},
+                      max_concurrent=max_concurrent(search_options, resources),
+                      max_failures=search_options.max_failures)
+        store = ConfirmCallback(folder, confirm_info)
+        callbacks = [store, KillSwitch(), TensorBoardScalars(),
+                     *([] if options.quiet else [LiveTable(confirm_info, store, console)])]
+        # The runs' values are functions of the grid point (fixed_points): Tune saves them as
+        # placeholders, which a restore must be given again.
+        tuner = make_tuner(run, trainable, restore=str(search_options.experiment_dir) if options.resume else None,
+                           param_space=fixed_points(runs), callbacks=callbacks, num_samples=1)
+        fit_quietly(tuner)
     shutil.rmtree(search_options.experiment_dir / SCRATCH_FOLDER, ignore_errors=True)
     if test is not None:
         score_tests(ConfirmStore(folder, confirm_info), test, evaluate_pack)
@@ -254,9 +244,3 @@ def score_tests(store: ConfirmStore, test: PackedClips, evaluate: Callable) -> N
         if record.status != "completed" or run_id in store.tests or epoch is None:
             continue
         store.record_test(run_id, epoch, evaluate(load_checkpoint_model(record.checkpoints[epoch]), test))
-
-
-def _trial_dirname(trial) -> str:
-    from .driver import trial_dirname
-
-    return trial_dirname(trial)

@@ -174,28 +174,19 @@ def start_ray(options: SearchOptions) -> bool:
         return False
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
     if options.address:
-        use_local_auth_token()
+        # Ray enables token auth for `ray start` clusters, but a driver given an explicit
+        # address uses it only with RAY_AUTH_MODE=token: use this machine's token, unless
+        # the user chose a mode.
+        if "RAY_AUTH_MODE" not in os.environ:
+            from .compat import enable_local_auth_token
+
+            enable_local_auth_token()
         # A local Ray's workers inherit this environment; a cluster's get CPU tuning's
         # huge pages (cpu_tuning.py) from the job's runtime_env.
         ray.init(address=options.address, runtime_env={"env_vars": {**huge_pages_env(), **WORKER_ENV}}, **kwargs)
     else:
         ray.init(include_dashboard=False, **kwargs)
     return True
-
-
-def use_local_auth_token() -> None:
-    """Ray enables token auth for `ray start` clusters, but a driver given an explicit
-    address only uses it with RAY_AUTH_MODE=token; do what ray.init does for a cluster it
-    finds itself: use the token this machine already has, unless the user chose a mode."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def trial_resources(options: SearchOptions) -> dict:
@@ -266,6 +257,7 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
                   max_concurrent=max_concurrent(options, resources), max_failures=options.max_failures)
     if options.resume:
         return make_tuner(run, trainable, restore=options.storage_uri or str(options.experiment_dir))
+    from ..bench.faults import KillSwitch
     from .budget import BudgetStopper, SearchClock
     from .finals import Finals
     from .hparams import TensorBoardScalars
@@ -284,7 +276,7 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
     scheduler = SearchScheduler(finals=rung, max_epochs=options.max_epochs, metric=info.metric, mode=info.mode,
                                 grace_period=options.grace_period, reduction_factor=options.reduction_factor)
     return make_tuner(run, trainable, search_alg=searcher, scheduler=scheduler, stop=BudgetStopper(clock),
-                      callbacks=[store, SilentErrors(searcher), TensorBoardScalars(), *live, *callbacks])
+                      callbacks=[store, KillSwitch(), SilentErrors(searcher), TensorBoardScalars(), *live, *callbacks])
 
 
 def finalist_cpus(options: SearchOptions, resources: dict) -> float:

@@ -2,8 +2,8 @@
 
 Ray Tune's TensorBoard logger writes a trial's hparams only when the trial ends after at
 least one result, with the metrics of its last result, and an experiment summary per trial
-(TensorBoard takes whichever it reads first). Here Ray's logger keeps its per-epoch scalars
-but writes no hparams (`TensorBoardScalars`); instead the store callback writes:
+(TensorBoard takes whichever it reads first). Here a logger writes Ray's per-epoch scalars
+but no hparams (`TensorBoardScalars`); instead the store callback writes:
 
 - one experiment summary at the experiment folder's root (TensorBoard's run "."): every
   parameter with its domain from its Optuna distribution, and the two metrics;
@@ -21,8 +21,11 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 from optuna.distributions import CategoricalDistribution, json_to_distribution
 from ray.tune.logger import TBXLoggerCallback
+from ray.tune.result import TIME_TOTAL_S, TIMESTEPS_TOTAL, TRAINING_ITERATION
+from ray.tune.utils import flatten_dict
 from tensorboardX.proto.api_pb2 import (DataType, DatasetType, Experiment, HParamInfo, Interval,
                                         MetricInfo, MetricName, Status)
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
@@ -40,15 +43,43 @@ SESSION_START_TAG = "_hparams_/session_start_info"
 SESSION_END_TAG = "_hparams_/session_end_info"
 END_STATUS = {"completed": "STATUS_SUCCESS", "pruned": "STATUS_SUCCESS", "stopped": "STATUS_SUCCESS",
               "error": "STATUS_FAILURE"}
+# What Ray's TBXLoggerCallback plots of a result: numbers (not NaN), less these keys.
+SCALAR_TYPES = (int, float, np.float32, np.float64, np.int32, np.int64)
+UNPLOTTED = ("config", "pid", "timestamp", TIME_TOTAL_S, TRAINING_ITERATION)
 
 
 class TensorBoardScalars(TBXLoggerCallback):
-    """Ray Tune's TensorBoard logger (per-epoch scalars), less its hparams: the store
-    callback writes every trial's session (`log_trial_session`). Given to the Tuner, it
-    replaces the logger Tune would add."""
+    """The scalars Ray Tune's TensorBoard logger writes (`ray/tune/<metric>` at each result's
+    training iteration, in the trial's folder), less its hparams: the store callback writes
+    every trial's session (`log_trial_session`). A TBXLoggerCallback, so Tune adds no logger
+    of its own; every hook is its own, as Ray's trial end writes hparams unasked."""
 
-    def _try_log_hparams(self, trial, result):
-        pass  # one session per trial, from the store: see the module's docstring
+    def __init__(self):
+        super().__init__()
+        self.writers: dict = {}  # trial -> its SummaryWriter
+
+    def log_trial_start(self, trial) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.log_trial_end(trial)
+        trial.init_local_path()
+        self.writers[trial] = SummaryWriter(trial.local_path, flush_secs=30)
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        if trial not in self.writers:
+            self.log_trial_start(trial)
+        writer = self.writers[trial]
+        step = result.get(TIMESTEPS_TOTAL) or result[TRAINING_ITERATION]
+        plotted = {k: v for k, v in result.items() if k not in UNPLOTTED}
+        for key, value in flatten_dict(plotted, delimiter="/").items():
+            if isinstance(value, SCALAR_TYPES) and not np.isnan(value):
+                writer.add_scalar(f"ray/tune/{key}", value, global_step=step)
+        writer.flush()
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        writer = self.writers.pop(trial, None)
+        if writer is not None:
+            writer.close()
 
 
 def log_experiment(folder: Path, info: ExperimentInfo) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,27 +22,7 @@ from .scheduler import FINALS_OF, is_baseline, is_finalist, record_id
 from .recover import repair_checkpoint, skip_stored_checkpoints
 from .uri_storage import checkpoint_location, upload_own_files
 
-# Test-only: SIGKILL the driver right after its N-th recorded result or checkpoint ("N"),
-# or at Tune's first experiment snapshot after it ("Ns": Tune has then registered the
-# checkpoint and deleted the one it replaces, but its snapshot on storage still names that
-# one), so the fault stress test (bench/faults.py) crashes a search at chosen moments.
-KILL_AFTER_ENV = "TUNE_ADAPTER_KILL_AFTER"
 MIRROR_UPLOAD_EVERY_S = 30.0  # --storage URI: tune-adapter's files uploaded at most this often, and at each trial's end
-
-
-def kill_point(value: str) -> tuple[int, bool]:
-    """(N, at the next snapshot) from the variable's value; (0, False): never."""
-    value = value.strip()
-    at_snapshot = value.endswith("s")
-    return int(value.removesuffix("s") or 0), at_snapshot
-
-
-def kill_driver() -> None:
-    """SIGKILL the driver's process group when it leads one (the fault bench starts it so:
-    its local Ray dies with it, as in a machine crash), else the driver alone."""
-    if os.getpgid(0) == os.getpid():
-        os.killpg(os.getpid(), signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def error_message(trial) -> str:
@@ -76,8 +55,6 @@ class StoreCallback(Callback):
         self.folder, self.info = Path(folder), info
         self.clock, self.finals_rung = clock, finals_rung
         self.store: TrialStore | None = None
-        self.events = 0  # results and checkpoints recorded by this driver
-        self.kill_after, self.kill_at_snapshot, self.snapshot_kill_armed = 0, False, False
         self.started: dict[str, float] = {}
         self.elapsed: dict[str, float] = {}  # wall seconds of earlier attempts and runs
         self.seen: set[str] = set()  # trials whose checkpoint was checked before they start
@@ -96,7 +73,6 @@ class StoreCallback(Callback):
             self.clock.budget_s = self.info.extra.get("search", {}).get("time_budget")
             self.clock.restart(self.info.extra.get(SPENT_KEY, 0.0))
         self.store = self.open_store()
-        self.kill_after, self.kill_at_snapshot = kill_point(os.environ.get(KILL_AFTER_ENV, ""))
         self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
         if self.hparams_tab:
             hparams.log_experiment(self.folder, self.info)
@@ -180,7 +156,6 @@ class StoreCallback(Callback):
         # trial waits for the driver after each report, so every write is time it waits.
         self.store.record_epoch(record_id(trial), self.params_of(trial), result, self.wall_seconds(trial),
                                 write=not result.get(SHOULD_CHECKPOINT, False), baseline=is_baseline(trial))
-        self.count_event()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Tune calls this right after on_trial_result for the same report.
@@ -191,21 +166,6 @@ class StoreCallback(Callback):
                                          checkpoint_location(checkpoint.path, checkpoint.filesystem))
         else:
             self.store.write()
-        self.count_event()
-
-    def count_event(self) -> None:
-        self.events += 1
-        if self.events == self.kill_after:
-            if not self.kill_at_snapshot:
-                kill_driver()
-            self.snapshot_kill_armed = True
-
-    def get_state(self):
-        # Tune asks for callback state while it writes an experiment snapshot, before the
-        # snapshot reaches storage; there is no state to give (None: nothing saved).
-        if self.snapshot_kill_armed:
-            kill_driver()
-        return None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.note_time()
@@ -264,7 +224,7 @@ def end_waiting(store: TrialStore, budget_spent: bool) -> None:
 
 def result_id(result) -> str:
     """The record of a Tune Result (of fit()): its trial's folder is trial_ID (tuner.py)."""
-    return result.config.get(FINALS_OF) or Path(result.path).name.removeprefix("trial_")
+    return (result.config or {}).get(FINALS_OF) or Path(result.path).name.removeprefix("trial_")
 
 
 def record_silent_errors(store: TrialStore, results: list) -> None:
@@ -274,7 +234,7 @@ def record_silent_errors(store: TrialStore, results: list) -> None:
         trial_id = result_id(result)
         if result.error is not None and not store.is_finished(trial_id):
             lines = str(result.error).strip().splitlines() or ["the trial failed"]
-            store.record_end(trial_id, {p: result.config.get(p) for p in store.info.params}, "error", lines[-1],
+            store.record_end(trial_id, {p: (result.config or {}).get(p) for p in store.info.params}, "error", lines[-1],
                              baseline=is_baseline(result))
 
 

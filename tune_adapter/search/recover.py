@@ -10,9 +10,9 @@ The Parquet store is written before Tune registers a checkpoint (StoreCallback's
 `on_checkpoint`), so it names the trial's newest checkpoint on storage. Before a resumed
 trial starts, this registers that checkpoint with the trial, as Tune would have done had
 its snapshot been current, or, when none is left, drops the trial's checkpoints so Tune
-starts it again from scratch. Tune still does the restoring. The private Tune names used
-(`_TrainingResult`, `_CheckpointManager`) are those of Ray 2.60; tests/search/test_faults.py
-runs this on a real Tune `Trial`, so a Ray that renames them fails there first.
+starts it again from scratch. Tune still does the restoring. Tune's books on a trial's
+checkpoints are private: compat.py reads and writes them; tests/search/test_faults.py runs
+this on a real Tune `Trial`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from ..results import TrialRecord
+from .compat import (forget_checkpoints, latest_checkpoint_result, raise_checkpoint_index,
+                     tracked_checkpoints, training_result)
 from .uri_storage import checkpoint_exists, checkpoint_fs_path
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders: checkpoint_000003
@@ -42,9 +44,8 @@ def newest_recorded(record: TrialRecord | None) -> tuple[int, str] | None:
 def repair_checkpoint(trial, record: TrialRecord | None) -> str | None:
     """Make a pending resumed trial restore from its newest checkpoint on storage; returns
     what was done ("newer", "scratch") or None when Tune's own choice stands."""
-    manager = trial.run_metadata.checkpoint_manager
-    latest = manager.latest_checkpoint_result
-    tracked = unique([*manager.best_checkpoint_results, *([latest] if latest else [])])
+    latest = latest_checkpoint_result(trial)
+    tracked = unique(tracked_checkpoints(trial))
     kept = [r for r in tracked if exists(r.checkpoint)]
     newest = newest_recorded(record)
     tune_epoch = latest.metrics.get("epoch") if latest is not None else None
@@ -72,7 +73,7 @@ def skip_stored_checkpoints(trial) -> None:
         return
     highest = highest_checkpoint_index(storage.storage_filesystem, storage.trial_fs_path)
     if highest is not None:  # Tune persists the next checkpoint at the index after this one
-        storage.current_checkpoint_index = max(storage.current_checkpoint_index, highest)
+        raise_checkpoint_index(trial, highest)
 
 
 def unique(results: list) -> list:
@@ -85,13 +86,12 @@ def unique(results: list) -> list:
 
 
 def register(trial, record: TrialRecord, epoch: int, path: str) -> None:
-    from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
 
     metrics = {**record.epochs.get(epoch, {}), "epoch": epoch, "training_iteration": epoch,
                "trial_id": trial.trial_id}
     checkpoint = Checkpoint(checkpoint_fs_path(path), filesystem=trial.storage.storage_filesystem)
-    trial.on_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
+    trial.on_checkpoint(training_result(checkpoint, metrics))
 
 
 def highest_checkpoint_index(fs: pafs.FileSystem, trial_dir: str) -> int | None:
@@ -104,13 +104,3 @@ def highest_checkpoint_index(fs: pafs.FileSystem, trial_dir: str) -> int | None:
              if Path(i.path).name.startswith(CHECKPOINT_PREFIX)]
     indices = [int(n) for n in names if n.isdigit()]
     return max(indices) if indices else None
-
-
-def forget_checkpoints(trial) -> None:
-    # No public Tune API drops a trial's checkpoints; a new manager is what Trial.__init__
-    # gives a trial that has none.
-    from ray.train._internal.checkpoint_manager import _CheckpointManager
-
-    config = trial.run_metadata.checkpoint_manager.checkpoint_config
-    trial.run_metadata.checkpoint_manager = _CheckpointManager(checkpoint_config=config)
-    trial.invalidate_json_state()

@@ -16,6 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
 from optuna.trial import FrozenTrial, TrialState
 
+from ..distributions import holds
 from ..errors import ConfigError
 from ..results import FINAL_STATUSES, ExperimentInfo, TrialRecord, TrialStore, open_experiment
 from ..study_trials import STATES, native, study_trial
@@ -37,6 +38,13 @@ def open_study(folder: Path, name: str) -> optuna.Study:
     """The experiment's study, created empty if the journal has none."""
     return optuna.create_study(storage=journal_storage(folder), study_name=name, direction="minimize",
                                load_if_exists=True)
+
+
+def set_intermediate(storage, study_name: str, number: int, step: int, value: float) -> None:
+    """Record trial `number`'s value at `step` in the storage's study, as Trial.report would
+    (Study.tell takes only final values; a Study's storage is private: pass the storage)."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+    storage.set_trial_intermediate_value(trial_id, step, value)
 
 
 def has_study(folder: Path) -> bool:
@@ -75,9 +83,9 @@ def check_earlier_trials(flag: str, earlier: ExperimentInfo, trials, space: dict
 
 
 def _holds(distribution: BaseDistribution, value) -> bool:
-    """Whether the distribution can yield the value (Optuna's own test, `_contains`)."""
+    """Whether the distribution can yield the Parquet cell's value."""
     try:
-        return distribution._contains(distribution.to_internal_repr(native(value, distribution)))
+        return holds(distribution, native(value, distribution))
     except (ValueError, TypeError):
         return False
 
@@ -114,7 +122,9 @@ def tune_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
 def reconcile(study: optuna.Study, store: TrialStore, complete: bool) -> None:
     """Tell the study how trials ended that the searcher could not tell (the driver died
     first): each study trial ends in the state its trials.parquet row has. Once the run is
-    `complete`, a study trial no row names (asked just before a crash, and never run) fails."""
+    `complete`, a study trial no row names (asked just before a crash, and never run) fails.
+    The study is the experiment's (`store.folder`'s journal)."""
+    storage = journal_storage(store.folder)  # the study's journal, opened anew: JournalStorage syncs on each call
     for trial_id, trial in tune_trials(study).items():
         record = store.trials.get(trial_id)
         if trial.state != TrialState.RUNNING:
@@ -125,7 +135,7 @@ def reconcile(study: optuna.Study, store: TrialStore, complete: bool) -> None:
             continue
         values = trained_values(record)
         for epoch, value in values.items():
-            study._storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
+            set_intermediate(storage, study.study_name, trial.number, epoch, value)
         state = STATES[record.status]
         study.tell(trial.number, min(values.values()) if state == TrialState.COMPLETE else None, state=state)
 
