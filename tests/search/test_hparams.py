@@ -1,5 +1,5 @@
-"""TensorBoard's HParams entries (search/hparams.py) through the store callback's hooks, on
-a fake search's records (no Ray); the end-to-end check is in test_search.py."""
+"""TensorBoard's HParams entries (search/hparams.py) through the callbacks' hooks, on a fake
+search's records (no Ray); the end-to-end check is in test_search.py."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +12,7 @@ from tensorboardX.proto.api_pb2 import DataType, Status
 from tests.support.fake_experiment import DISTRIBUTIONS, write_fake_experiment
 from tests.support.tfevents import read_events, sessions
 from tune_adapter.results import read_info
+from tune_adapter.search.hparams import HParamsSessions
 from tune_adapter.search.record import StoreCallback
 
 WITH_CHOICES = {**DISTRIBUTIONS, "train-loss": CategoricalDistribution(["l1", "mse", "smooth_l1"])}
@@ -31,14 +32,19 @@ def ended(tmp_path):
     """A fake search whose trials all ended through the hooks, and one the driver stopped."""
     made = write_fake_experiment(tmp_path, trials=8, distributions=WITH_CHOICES)
     callback = StoreCallback(tmp_path, read_info(tmp_path))
-    callback.setup()
+    tab = HParamsSessions(callback)
+    for each in (callback, tab):
+        each.setup()
     trials = [tune_trial(tmp_path, t.trial_id, t.params, len(t.val_l1)) for t in made]
     for trial, fake in zip(trials, made):
-        hook = callback.on_trial_error if fake.status == "error" else callback.on_trial_complete
-        hook(0, trials, trial)
+        for each in (callback, tab):
+            hook = each.on_trial_error if fake.status == "error" else each.on_trial_complete
+            hook(0, trials, trial)
     running = tune_trial(tmp_path, "live_00000", made[0].params, 1)
     callback.on_trial_result(0, trials, running, {"epoch": 1, "val_l1": 0.45, "train_loss": 0.5})
-    callback.on_experiment_end(trials + [running])
+    for each in (callback, tab):
+        each.on_experiment_end(trials + [running])
+    callback.tab = tab
     return tmp_path, callback, made
 
 
@@ -80,8 +86,10 @@ def test_the_experiment_gives_each_param_its_domain_and_both_metrics(ended):
 def test_writing_again_replaces_rather_than_adds(ended):
     folder, callback, made = ended
     callback.setup()  # a resumed search
+    callback.tab.setup()
     trial = tune_trial(folder, made[0].trial_id, made[0].params, len(made[0].val_l1))
     callback.on_trial_complete(0, [trial], trial)  # a finished trial rerun after a crash
+    callback.tab.on_trial_complete(0, [trial], trial)
     runs = sessions(folder)
     assert len(runs["."]["experiments"]) == 1
     assert runs[f"trial_{made[0].trial_id}"]["starts"] == 1
@@ -93,6 +101,7 @@ def test_a_failure_to_write_is_a_warning_not_an_error(ended, caplog):
     trial = tune_trial(folder, "blocked", made[0].params, 1)
     callback.on_trial_result(0, [trial], trial, {"epoch": 1, "val_l1": 0.5})
     callback.on_trial_complete(0, [trial], trial)
+    callback.tab.on_trial_complete(0, [trial], trial)
     assert "could not write trial blocked's TensorBoard hparams" in caplog.text
     assert callback.store.trials["blocked"].status == "pruned"
 
@@ -136,4 +145,4 @@ def test_the_scalars_logger_writes_rays_scalars_and_no_hparams(tmp_path):
     ours, our_hparams = logged(TensorBoardScalars(), tmp_path / "ours")
     rays, ray_hparams = logged(TBXLoggerCallback(), tmp_path / "rays")
     assert ours == rays and "ray/tune/val_l1" in ours and "ray/tune/start/val_l1" in ours
-    assert ray_hparams and not our_hparams  # the store callback writes the trial's session
+    assert ray_hparams and not our_hparams  # HParamsSessions writes the trial's session

@@ -17,7 +17,7 @@ from ..results import read_info, read_trials
 from ..search.driver import fixed_points, max_concurrent, prepare_search, ray_session, run_search, trial_resources
 from ..search.options import SearchOptions
 from ..search.storage import linking_filesystem
-from ..search.hparams import TensorBoardScalars
+from ..search.hparams import HParamsSessions, TensorBoardScalars
 from ..search.record import StoreCallback
 from ..search.trial import run_trial
 
@@ -64,7 +64,8 @@ def train_without_pruning(options: SearchOptions, configs: list[dict]) -> Path:
                       storage={"storage_path": str(options.experiment_dir.parent),
                                "storage_filesystem": linking_filesystem()},
                       max_concurrent=max_concurrent(options, resources), max_failures=options.max_failures)
-        callbacks = [StoreCallback(options.experiment_dir, prepared.info), TensorBoardScalars()]
+        store = StoreCallback(options.experiment_dir, prepared.info)
+        callbacks = [store, TensorBoardScalars(), HParamsSessions(store)]
         make_tuner(run, run_trial, param_space=fixed_points(configs), callbacks=callbacks, num_samples=1).fit()
     return options.experiment_dir
 

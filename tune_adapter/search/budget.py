@@ -1,21 +1,21 @@
 """`--time-budget`: the search's clock, carried across `--resume` and `--continue`.
 
-Once the budget is spent the searcher hands out no more trials, and Tune's stopper ends
+Once the budget is spent the searcher hands out no more trials, and the scheduler ends
 each running trial at its next epoch boundary (a result: its checkpoint is saved), which
 the store records as `stopped`. The time spent is saved with the experiment at every
 write of its Parquet files, so a killed search's downtime does not count.
 
-One clock serves the searcher, the stopper and the store: Tune pickles all three in one
-piece with the experiment, so after a restore they share it again; the store restarts it
-from the time its Parquet files recorded (record.py).
+One clock serves the searcher, the scheduler and the store: Tune pickles all three in one
+piece with the experiment (tuner.pkl), so after a restore they share it again; the store
+restarts it from the time its Parquet files recorded (record.py). Not a Tune Stopper:
+Tune saves its stopper apart, in every experiment snapshot, so a restored one would count
+on a clock of its own.
 """
 
 from __future__ import annotations
 
 import os
 import time
-
-from ray.tune import Stopper
 
 SPENT_KEY = "search_seconds"  # ExperimentInfo.extra: seconds the search has run, all runs
 # Test-only: each recorded result advances the clock by this many seconds, and the wall
@@ -49,21 +49,3 @@ class SearchClock:
 
     def note_result(self) -> None:
         self.fake_spent += self.fake_step
-
-
-class BudgetStopper(Stopper):
-    """Ends a trial at the first result after the budget is spent; never all at once, so
-    each trial finishes the epoch it is in and keeps its checkpoint."""
-
-    def __init__(self, clock: SearchClock):
-        self.clock = clock
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        self.clock.note_result()  # Tune asks before its callbacks see the result
-        if self.clock.is_spent():
-            self.clock.stopped.add(trial_id)
-            return True
-        return False
-
-    def stop_all(self) -> bool:
-        return False

@@ -61,8 +61,6 @@ class ConfirmOptions:
 class ConfirmCallback(StoreCallback):
     """The search's store callback, writing the runs to confirm.parquet instead."""
 
-    hparams_tab = False  # the runs repeat trials: the search's HParams tab stays the search's
-
     def open_store(self) -> ConfirmStore:
         return ConfirmStore(self.folder, self.info)
 

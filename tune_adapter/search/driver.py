@@ -258,9 +258,9 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
     if options.resume:
         return make_tuner(run, trainable, restore=options.storage_uri or str(options.experiment_dir))
     from ..bench.faults import KillSwitch
-    from .budget import BudgetStopper, SearchClock
+    from .budget import SearchClock
     from .finals import Finals
-    from .hparams import TensorBoardScalars
+    from .hparams import HParamsSessions, TensorBoardScalars
     from .live import LiveTable
     from .record import StoreCallback
     from .scheduler import SearchScheduler
@@ -274,9 +274,11 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
     store = StoreCallback(options.experiment_dir, info, clock, rung)
     live = [] if options.quiet else [LiveTable(info, store, console)]
     scheduler = SearchScheduler(finals=rung, max_epochs=options.max_epochs, metric=info.metric, mode=info.mode,
-                                grace_period=options.grace_period, reduction_factor=options.reduction_factor)
-    return make_tuner(run, trainable, search_alg=searcher, scheduler=scheduler, stop=BudgetStopper(clock),
-                      callbacks=[store, KillSwitch(), SilentErrors(searcher), TensorBoardScalars(), *live, *callbacks])
+                                grace_period=options.grace_period, reduction_factor=options.reduction_factor,
+                                clock=clock)
+    return make_tuner(run, trainable, search_alg=searcher, scheduler=scheduler,
+                      callbacks=[store, KillSwitch(), SilentErrors(searcher), TensorBoardScalars(), HParamsSessions(store),
+                                 *live, *callbacks])
 
 
 def finalist_cpus(options: SearchOptions, resources: dict) -> float:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from optuna.distributions import CategoricalDistribution, json_to_distribution
+from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.result import TIME_TOTAL_S, TIMESTEPS_TOTAL, TRAINING_ITERATION
 from ray.tune.utils import flatten_dict
@@ -31,7 +32,8 @@ from tensorboardX.proto.api_pb2 import (DataType, DatasetType, Experiment, HPara
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
-from ..results import FINAL_STATUSES, ExperimentInfo, TrialRecord
+from ..results import FINAL_STATUSES, START_METRICS, START_PREFIX, ExperimentInfo, TrialRecord
+from .scheduler import record_id
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class TensorBoardScalars(TBXLoggerCallback):
         if trial not in self.writers:
             self.log_trial_start(trial)
         writer = self.writers[trial]
+        for name in START_METRICS:
+            # Epoch 0 (the start, carried by epoch 1's result) at step 0 of the same curves.
+            if name != "epoch_seconds" and result.get(START_PREFIX + name) is not None:
+                writer.add_scalar(f"ray/tune/{name}", result[START_PREFIX + name], global_step=0)
         step = result.get(TIMESTEPS_TOTAL) or result[TRAINING_ITERATION]
         plotted = {k: v for k, v in result.items() if k not in UNPLOTTED}
         for key, value in flatten_dict(plotted, delimiter="/").items():
@@ -82,6 +88,33 @@ class TensorBoardScalars(TBXLoggerCallback):
             writer.close()
 
 
+class HParamsSessions(Callback):
+    """The experiment summary when the search starts, and each trial's session when it ends
+    (a finalist's in its screened trial's folder: one row of trials.parquet, one session),
+    from the store's records (`recorder`: the search's StoreCallback, listed before this)."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def setup(self, **info):
+        log_experiment(self.recorder.folder, self.recorder.info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.log(record_id(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.log(record_id(trial))
+
+    def on_experiment_end(self, trials, **info):
+        # The driver stops, or all ended: runners-up just ended as pruned, unfinished trials
+        # are logged as interrupted.
+        for trial_id in {record_id(t) for t in trials}:
+            self.log(trial_id)
+
+    def log(self, trial_id: str) -> None:
+        log_trial_session(self.recorder.folder, self.recorder.info, self.recorder.store.trials.get(trial_id))
+
+
 def log_experiment(folder: Path, info: ExperimentInfo) -> None:
     """The experiment summary at the folder's root; never raises (nor does a session's):
     TensorBoard must not stop a search."""
@@ -91,15 +124,14 @@ def log_experiment(folder: Path, info: ExperimentInfo) -> None:
         logger.warning("could not write the TensorBoard hparams experiment", exc_info=True)
 
 
-def log_trial_session(folder: Path, info: ExperimentInfo, trial, record: TrialRecord | None,
-                      ended: bool = True) -> None:
-    """The trial's session, in its folder (its last part Tune's `trial.path`'s). `ended`
-    False: the driver is stopping, and a trial not yet finished is logged as interrupted."""
-    if record is None or (not ended and record.status in FINAL_STATUSES):
-        return  # no record: it never reported nor failed; finished: logged at its end
+def log_trial_session(folder: Path, info: ExperimentInfo, record: TrialRecord | None) -> None:
+    """The trial's session, in its folder (tuner.trial_dirname); one not finished is logged
+    as interrupted (a screened trial waits: its session is written again when it ends)."""
+    if record is None:
+        return  # it never reported nor failed
     status = record.status if record.status in FINAL_STATUSES else "interrupted"
     try:
-        write_session(Path(folder) / Path(trial.path).name, info, record, status)
+        write_session(Path(folder) / f"trial_{record.trial_id}", info, record, status)
     except Exception:  # noqa: BLE001 - a session lost is a warning, the search goes on
         logger.warning("could not write trial %s's TensorBoard hparams", record.trial_id, exc_info=True)
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
-from ..results import FINAL_STATUSES, START_METRICS, START_PREFIX, TRIALS_FILE, WAITING, ExperimentInfo, TrialStore, read_info
-from . import hparams
+from ..results import FINAL_STATUSES, TRIALS_FILE, WAITING, ExperimentInfo, TrialStore, read_info
 from .budget import SPENT_KEY, SearchClock
 from .scheduler import FINALS_OF, is_baseline, is_finalist, record_id
 from .recover import repair_checkpoint, skip_stored_checkpoints
@@ -43,7 +42,6 @@ def error_message(trial) -> str:
 
 
 class StoreCallback(Callback):
-    hparams_tab = True  # write TensorBoard's HParams entries (hparams.py)
 
     @property
     def tune_folder(self) -> Path:
@@ -74,8 +72,6 @@ class StoreCallback(Callback):
             self.clock.restart(self.info.extra.get(SPENT_KEY, 0.0))
         self.store = self.open_store()
         self.elapsed = {t: r.wall_seconds for t, r in self.store.trials.items()}
-        if self.hparams_tab:
-            hparams.log_experiment(self.folder, self.info)
 
     def open_store(self) -> TrialStore:
         return TrialStore(self.folder, self.info)
@@ -150,8 +146,6 @@ class StoreCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.note_time()
-        if START_PREFIX + "val_l1" in result:
-            log_start_to_tensorboard(trial, result)
         # A result that carries a checkpoint is written once, with it (`on_checkpoint`): the
         # trial waits for the driver after each report, so every write is time it waits.
         self.store.record_epoch(record_id(trial), self.params_of(trial), result, self.wall_seconds(trial),
@@ -171,7 +165,6 @@ class StoreCallback(Callback):
         self.note_time()
         self.store.record_end(record_id(trial), self.params_of(trial), self.end_status(trial),
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
-        self.log_session(trial)
 
     def end_status(self, trial) -> str:
         epochs = (trial.last_result or {}).get("epoch", 0)
@@ -186,18 +179,11 @@ class StoreCallback(Callback):
         self.note_time()
         self.store.record_end(record_id(trial), self.params_of(trial), "error", error_message(trial),
                               wall_seconds=self.wall_seconds(trial), baseline=is_baseline(trial))
-        self.log_session(trial)
 
     def on_experiment_end(self, trials, **info):
         spent = self.clock is not None and self.clock.is_spent()
         if run_over(self.store, spent, {record_id(t) for t in trials}):
             end_waiting(self.store, spent)  # before the live table's last frame
-        for trial in trials:  # the driver stops (or all ended): unfinished trials, as interrupted
-            self.log_session(trial, ended=False)
-
-    def log_session(self, trial, ended: bool = True) -> None:
-        if self.hparams_tab:
-            hparams.log_trial_session(self.folder, self.info, trial, self.store.trials.get(record_id(trial)), ended)
 
 
 def run_over(store: TrialStore, budget_spent: bool, known: set[str]) -> bool:
@@ -236,18 +222,6 @@ def record_silent_errors(store: TrialStore, results: list) -> None:
             lines = str(result.error).strip().splitlines() or ["the trial failed"]
             store.record_end(trial_id, {p: (result.config or {}).get(p) for p in store.info.params}, "error", lines[-1],
                              baseline=is_baseline(result))
-
-
-def log_start_to_tensorboard(trial, result: dict) -> None:
-    """Epoch 0 (the start, carried by epoch 1's result) at step 0 of the trial's TensorBoard
-    curves, under the tags Tune's own logger gives the later epochs."""
-    from tensorboardX import SummaryWriter
-
-    trial.init_local_path()
-    with SummaryWriter(trial.local_path, filename_suffix=".start") as writer:
-        for name in START_METRICS:
-            if name != "epoch_seconds" and result.get(START_PREFIX + name) is not None:
-                writer.add_scalar(f"ray/tune/{name}", result[START_PREFIX + name], global_step=0)
 
 
 class MirrorUpload(Callback):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from .budget import SearchClock
+
 BASELINE_KEY = "baseline"  # set (True) in the config of the search's baseline trial
 FINALS_OF = "finals_of"  # in a finalist's config: the screened trial it continues
 
@@ -41,12 +43,14 @@ def finals_rung(grace_period: int, reduction_factor: int, max_epochs: int) -> in
 
 
 class SearchScheduler(FIFOScheduler):
-    """FIFO order; stopping decisions from an ASHA whose last rung is the finals rung."""
+    """FIFO order; stopping decisions from an ASHA whose last rung is the finals rung, and
+    from the time budget (budget.py)."""
 
     def __init__(self, *, finals: int | None, max_epochs: int, metric: str, mode: str,
-                 grace_period: int, reduction_factor: int):
+                 grace_period: int, reduction_factor: int, clock: SearchClock | None = None):
         super().__init__()
         self.finals, self.max_epochs = finals, max_epochs
+        self.clock = clock or SearchClock()
         self.asha = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=finals or max_epochs,
                                   grace_period=grace_period, reduction_factor=reduction_factor)
 
@@ -58,6 +62,11 @@ class SearchScheduler(FIFOScheduler):
             self.asha.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self.clock.note_result()  # before the callbacks see the result
+        if self.clock.is_spent():
+            # --time-budget: every trial ends at its next result, with its checkpoint.
+            self.clock.stopped.add(trial.trial_id)
+            return TrialScheduler.STOP
         if is_finalist(trial):
             return TrialScheduler.CONTINUE  # chosen: it trains to max epochs
         action = self.asha.on_trial_result(tune_controller, trial, result)

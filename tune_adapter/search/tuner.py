@@ -46,7 +46,7 @@ def trainable_of(run: TuneRun, trainable: Callable):
 
 
 def make_tuner(run: TuneRun, trainable: Callable, *, restore: str | None = None, search_alg=None,
-               scheduler=None, stop=None, callbacks=(), param_space: dict | None = None, num_samples: int = -1):
+               scheduler=None, callbacks=(), param_space: dict | None = None, num_samples: int = -1):
     """A new Tune run, or (`restore`: its folder or URI) the one there, resumed."""
     from ray import tune
 
@@ -61,7 +61,7 @@ def make_tuner(run: TuneRun, trainable: Callable, *, restore: str | None = None,
                                     reuse_actors=True, trial_dirname_creator=trial_dirname,
                                     max_concurrent_trials=run.max_concurrent),
         run_config=tune.RunConfig(
-            name=run.name, verbose=0, **run.storage, callbacks=list(callbacks), stop=stop,
+            name=run.name, verbose=0, **run.storage, callbacks=list(callbacks),
             # Tune always keeps the latest checkpoint too, so a trial can resume.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
