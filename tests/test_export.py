@@ -194,7 +194,7 @@ def test_header_is_padded_to_eight_bytes(tmp_path):
 def write_search(folder, trials: dict[str, tuple[list[float], set[int]]]):
     """A search's records as TrialStore writes them: per trial, val_l1 by epoch (from 1) and
     the epochs whose checkpoint Tune still keeps (each a real checkpoint, its own adapter)."""
-    from tune_adapter.results import ExperimentInfo, TrialStore
+    from tune_adapter.records.results import ExperimentInfo, TrialStore
 
     store = TrialStore(folder, ExperimentInfo(name="x", params=["lr"], max_epochs=4, num_samples=len(trials)))
     for seed, (trial_id, (val_l1, kept)) in enumerate(trials.items()):

@@ -8,7 +8,7 @@ from tune_adapter.cli import app
 
 
 def test_missing_extra_is_a_one_line_error(tmp_path, monkeypatch):
-    for name in ("tune_adapter.extract", "tune_adapter.audio_io", "tune_adapter.extract_view"):
+    for name in ("tune_adapter.extract", "tune_adapter.audio_io", "tune_adapter.views.extract_view"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setitem(sys.modules, "soxr", None)  # as if soxr were not installed
     result = CliRunner().invoke(app, ["extract", "--audio-dir", str(tmp_path), "--wav2vec-dir", str(tmp_path),

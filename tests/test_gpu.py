@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tune_adapter.cli import app
 from tune_adapter.data import load_data
 from tune_adapter.export import load_exported
-from tune_adapter.results import read_epochs, read_trials
+from tune_adapter.records.results import read_epochs, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.space import SHIPPED_DIR
 from tune_adapter.trainer import evaluate_pack

@@ -343,7 +343,7 @@ def test_a_search_whose_space_varies_w_is_refused_before_ray(synth_small, tmp_pa
 
 @pytest.mark.slow
 def test_a_search_from_a_file_starts_every_trial_there(synth_small, tmp_path):
-    from tune_adapter.results import read_epochs, read_trials
+    from tune_adapter.records.results import read_epochs, read_trials
     from tune_adapter.search import run_search
 
     space = tmp_path / "space.py"
@@ -369,7 +369,7 @@ def test_a_search_from_a_file_starts_every_trial_there(synth_small, tmp_path):
         steps = scalars(trial_dir, "ray/tune/val_l1")
         assert steps[0] == pytest.approx(starts["val_l1"].iloc[0], rel=1e-6) and 1 in steps
     # confirm reruns the search's trials as they ran: from the same start, not from scratch.
-    from tune_adapter.confirmation import read_confirm_epochs
+    from tune_adapter.records.confirmation import read_confirm_epochs
     from tune_adapter.search.confirm import ConfirmOptions, run_confirm
 
     run_confirm(ConfirmOptions(experiment=folder, top=1, seeds=1, epochs=1, quiet=True))

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from tests.support.fake_experiment import write_fake_experiment
 from tune_adapter.cli import app
-from tune_adapter.confirmation import confirm_table
-from tune_adapter.fit_table import Column, FitTable, abbreviate, choose, format_number
-from tune_adapter.results import ExperimentInfo, read_epochs, read_trials
-from tune_adapter.search.live import LiveTable, top_trials_table
+from tune_adapter.records.confirmation import confirm_table
+from tune_adapter.records.fit_table import Column, FitTable, abbreviate, choose, format_number
+from tune_adapter.records.results import ExperimentInfo, read_epochs, read_trials
+from tune_adapter.search.live import LiveTable
+from tune_adapter.views.top_trials import top_trials_table
 
 runner = CliRunner()
 NARROW = {"COLUMNS": "80"}
@@ -105,7 +106,7 @@ def test_live_table_at_80_columns_keeps_full_headers():
 
 
 def test_live_table_counts_are_the_store_s_and_waiting_shows_only_while_some_wait(tmp_path):
-    from tune_adapter.results import TrialStore
+    from tune_adapter.records.results import TrialStore
 
     info = ExperimentInfo(name="default", params=["lr"], max_epochs=10, num_samples=16)
     store = TrialStore(tmp_path, info)
@@ -171,7 +172,7 @@ def test_abbreviations_and_numbers():
 
 def test_the_baseline_verdict_of_a_stopped_search_says_so_far():
     """Ctrl-C half way: not "did not beat its baseline", but how far it went."""
-    from tune_adapter.results import baseline_verdict
+    from tune_adapter.records.results import baseline_verdict
 
     trials = pd.DataFrame({"trial_id": ["base", "a", "b"], "baseline": [True, False, False],
                            "status": ["completed", "pruned", "running"], "best_val_l1": [0.2, 0.3, 0.25]})

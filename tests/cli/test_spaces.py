@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tune_adapter.cli import app
-from tune_adapter.results import read_info, read_trials
+from tune_adapter.records.results import read_info, read_trials
 from tune_adapter.space import SHIPPED_DIR, load_space, probe_space, shipped_spaces
 
 

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 from tests.support.fake_experiment import DISTRIBUTIONS, write_fake_experiment
 from tune_adapter.cli import app
 from tune_adapter.errors import UserError
+from tune_adapter.records.results import ExperimentInfo, TrialStore, latest_experiment
 from tune_adapter.report import write_report
 from tune_adapter.report.experiment import load_experiment
 from tune_adapter.report.importance import param_importances, rebuild_study
 from tune_adapter.report.plots import curves_figure, params_figure
-from tune_adapter.results import ExperimentInfo, TrialStore, latest_experiment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 runner = CliRunner()

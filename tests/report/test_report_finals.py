@@ -11,10 +11,10 @@ from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
 from tests.support.fake_experiment import (DISTRIBUTIONS, MAX_EPOCHS, RUNGS, SCHEDULER,
                                            write_fake_experiment)
+from tune_adapter.records.results import TrialStore
 from tune_adapter.report import write_report
 from tune_adapter.report.experiment import load_experiment
 from tune_adapter.report.importance import SEED, finals_epoch, param_importances
-from tune_adapter.results import TrialStore
 from tune_adapter.search.scheduler import finals_rung
 
 BASELINE = {"lr": 1e-4, "batch_size": 4, "audio_window": 5, "weight_decay": 0.01}

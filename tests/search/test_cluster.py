@@ -14,7 +14,7 @@ import pytest
 import ray
 import torch
 
-from tune_adapter.results import read_epochs, read_trials
+from tune_adapter.records.results import read_epochs, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.space import SHIPPED_DIR
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tests.support.tfevents import sessions
 from tune_adapter.cli import app
-from tune_adapter.confirmation import (
+from tune_adapter.records.confirmation import (
     CONFIRM_EPOCHS_FILE,
     CONFIRM_FILE,
     advantage_line,
@@ -20,7 +20,7 @@ from tune_adapter.confirmation import (
     read_confirm,
     summarize,
 )
-from tune_adapter.results import read_epochs, read_info, read_trials
+from tune_adapter.records.results import read_epochs, read_info, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.space import SHIPPED_DIR
 
@@ -253,7 +253,7 @@ def test_the_exported_run_is_ranked_by_the_epoch_it_exports(tmp_path):
     """With --checkpoint-every > 1 a run's best epoch may have no checkpoint: seed 0's best
     (0.10) is unsaved and its checkpoint scores 0.30, seed 1's checkpoint 0.20: seed 1 is
     exported, with the metrics of the epoch exported."""
-    from tune_adapter.confirmation import winner_run
+    from tune_adapter.records.confirmation import winner_run
 
     for seed in (0, 1):
         (tmp_path / f"ckpt{seed}").mkdir()
@@ -272,8 +272,8 @@ def test_a_finished_confirmation_run_is_not_trained_again_after_a_crash(tmp_path
     finished in confirm.parquet (beside Tune's confirm/ folder) and only reports its last epoch."""
     from types import SimpleNamespace
 
-    from tune_adapter.confirmation import CONFIRM_FOLDER, SEED_KEY, SOURCE_KEY, ConfirmStore
-    from tune_adapter.results import ExperimentInfo
+    from tune_adapter.records.confirmation import CONFIRM_FOLDER, SEED_KEY, SOURCE_KEY, ConfirmStore
+    from tune_adapter.records.results import ExperimentInfo
     from tune_adapter.search import trial
 
     store = ConfirmStore(tmp_path, ExperimentInfo(name="x confirm", params=["lr", SEED_KEY, SOURCE_KEY], max_epochs=2))
@@ -292,8 +292,8 @@ def test_a_finished_confirmation_run_is_not_trained_again_after_a_crash(tmp_path
 def test_a_lost_confirmation_run_leaves_no_checkpoint_behind(tmp_path):
     """A run Tune's snapshot never saw (it started after it) is dropped on resume, with its
     checkpoint folder under confirm/ (about 0.9 GB at InfiniteTalk's dims)."""
-    from tune_adapter.confirmation import CONFIRM_FOLDER, SEED_KEY, SOURCE_KEY
-    from tune_adapter.results import ExperimentInfo
+    from tune_adapter.records.confirmation import CONFIRM_FOLDER, SEED_KEY, SOURCE_KEY
+    from tune_adapter.records.results import ExperimentInfo
     from tune_adapter.search.confirm import ConfirmCallback
 
     callback = ConfirmCallback(tmp_path, ExperimentInfo(name="x confirm", params=["lr", SEED_KEY, SOURCE_KEY],
@@ -311,7 +311,7 @@ def test_a_lost_confirmation_run_leaves_no_checkpoint_behind(tmp_path):
 def test_a_resumed_confirmation_keeps_its_own_plan(tmp_path):
     """After a --continue the search's best trial may change: a resumed confirmation trains
     the runs it planned, so a run never resumes from another configuration's checkpoint."""
-    from tune_adapter.results import ExperimentInfo, TrialStore
+    from tune_adapter.records.results import ExperimentInfo, TrialStore
     from tune_adapter.search.confirm import ConfirmOptions, plan_runs, planned_runs
 
     store = TrialStore(tmp_path, ExperimentInfo(name="x", params=["lr"], max_epochs=1))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tune_adapter import atomic
-from tune_adapter.results import ExperimentInfo, TrialStore, read_pair
+from tune_adapter.records.results import ExperimentInfo, TrialStore, read_pair
 from tune_adapter.space import SHIPPED_DIR
 
 TINY = SHIPPED_DIR / "tiny.py"
@@ -44,7 +44,7 @@ def store_with(folder: Path, trial_ids: list[str]) -> TrialStore:
 def test_a_reader_gets_both_files_of_one_write_when_the_driver_rewrites_between_its_reads(tmp_path, monkeypatch):
     """The driver rewrites both files (a new trial) after the reader read trials.parquet and
     before it reads epochs.parquet: the reader must not mix the two writes."""
-    import tune_adapter.results as results
+    import tune_adapter.records.results as results
 
     old, new = tmp_path / "old", tmp_path / "new"
     store_with(old, ["a"])
@@ -234,7 +234,7 @@ def tune_trial(tmp_path, checkpoints: dict[int, float]):
 
 
 def test_a_resumed_trial_whose_checkpoint_is_gone_restores_from_the_newest_recorded_one(tmp_path):
-    from tune_adapter.results import TrialRecord
+    from tune_adapter.records.results import TrialRecord
     from tune_adapter.search.recover import repair_checkpoint, skip_stored_checkpoints
 
     trial = tune_trial(tmp_path, {0: 0.5})
@@ -261,7 +261,7 @@ def test_a_resumed_trial_with_no_checkpoint_left_starts_from_scratch(tmp_path):
 
 
 def test_a_resumed_trial_whose_checkpoints_are_all_there_is_left_alone(tmp_path):
-    from tune_adapter.results import TrialRecord
+    from tune_adapter.records.results import TrialRecord
     from tune_adapter.search.recover import repair_checkpoint
 
     trial = tune_trial(tmp_path, {0: 0.5, 1: 0.4})

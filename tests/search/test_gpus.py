@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tune_adapter.cli import app
 from tune_adapter.errors import ConfigError
-from tune_adapter.results import read_info, read_trials
+from tune_adapter.records.results import read_info, read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.search.driver import trial_resources
 from tune_adapter.space import SHIPPED_DIR

@@ -11,7 +11,7 @@ from tensorboardX.proto.api_pb2 import DataType, Status
 
 from tests.support.fake_experiment import DISTRIBUTIONS, write_fake_experiment
 from tests.support.tfevents import read_events, sessions
-from tune_adapter.results import read_info
+from tune_adapter.records.results import read_info
 from tune_adapter.search.hparams import HParamsSessions
 from tune_adapter.search.record import StoreCallback
 

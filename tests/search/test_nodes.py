@@ -9,7 +9,7 @@ import ray
 from tune_adapter.data.remote import upload_pack
 from tune_adapter.data.staging import STAGED_FILE, release_leases
 from tune_adapter.errors import ConfigError
-from tune_adapter.results import read_trials
+from tune_adapter.records.results import read_trials
 from tune_adapter.search import SearchOptions, nodes, run_search
 from tune_adapter.search.trial import TrialSetup, trial_data
 from tune_adapter.space import SHIPPED_DIR

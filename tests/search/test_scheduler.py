@@ -77,7 +77,7 @@ def test_without_a_finals_rung_it_is_asha_that_keeps_the_baseline():
 
 @pytest.mark.slow
 def test_a_search_trains_only_the_best_screened_trial_to_the_end(tmp_path, synth_small, local_ray):
-    from tune_adapter.results import read_epochs, read_trials
+    from tune_adapter.records.results import read_epochs, read_trials
     from tune_adapter.search import SearchOptions, run_search
     from tune_adapter.search.study import mismatches
     from tune_adapter.space import SHIPPED_DIR

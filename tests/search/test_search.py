@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from tune_adapter.data import load_data
 from tune_adapter.export import load_exported
-from tune_adapter.results import read_info, read_trials
+from tune_adapter.records.results import read_info, read_trials
 from tune_adapter.trainer import evaluate_pack
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.space import SHIPPED_DIR
@@ -223,7 +223,7 @@ def test_a_result_with_a_checkpoint_is_written_once_with_it(tmp_path, monkeypatc
 
     from ray.tune.result import SHOULD_CHECKPOINT
 
-    from tune_adapter.results import ExperimentInfo, TrialStore
+    from tune_adapter.records.results import ExperimentInfo, TrialStore
     from tune_adapter.search.record import StoreCallback
 
     writes = []

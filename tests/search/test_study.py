@@ -8,10 +8,9 @@ from optuna.trial import TrialState
 
 from tests.search.test_search import TINY, options
 from tune_adapter.errors import ConfigError
-from tune_adapter.results import ExperimentInfo, read_trials
+from tune_adapter.records.results import ExperimentInfo, read_trials
 from tune_adapter.search import run_search
 from tune_adapter.search.budget import FAKE_SECONDS_ENV, SPENT_KEY
-from tune_adapter.search.distinct import DistinctSampler
 from tune_adapter.search.options import parse_duration
 from tune_adapter.search.study import (
     JOURNAL_FILE, TUNE_ID_ATTR, WARM_START_ATTR, check_earlier_trials, journal_storage, mismatches, tune_trials,
@@ -109,7 +108,7 @@ def test_a_time_budget_stops_new_trials_and_carries_over_a_continue(tmp_path, sy
 
 
 def read_info_extra(folder) -> dict:
-    from tune_adapter.results import read_info
+    from tune_adapter.records.results import read_info
 
     return read_info(folder).extra
 
@@ -151,13 +150,6 @@ def test_durations_read_as_seconds():
 
     assert resolve_options({"time_budget": "45m"}, space=Path("s.py")).time_budget == 2700  # TIME_BUDGET
     assert resolve_options({"time_budget": "45m"}, space=Path("s.py"), time_budget="1h").time_budget == 3600
-
-
-LR = FloatDistribution(1e-4, 1e-2, log=True)
-
-
-def lr_space(trial):
-    return {"lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True)}
 
 
 def test_bad_continue_warm_start_and_budget_flags_are_refused_in_one_line(tmp_path, synth_small):
@@ -237,7 +229,7 @@ def test_reconcile_ends_each_running_study_trial_as_its_row_did(tmp_path):
     """The driver died before the searcher told the study: reconcile tells it from Parquet,
     curves included, through the journal's storage (study.set_intermediate)."""
     from tests.support.fake_experiment import write_fake_experiment
-    from tune_adapter.results import TrialStore, read_info
+    from tune_adapter.records.results import TrialStore, read_info
     from tune_adapter.search.study import open_study, reconcile
 
     made = write_fake_experiment(tmp_path, trials=6)

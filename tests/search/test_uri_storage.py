@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tests.support.s3 import make_bucket, s3_server
 from tune_adapter.cli import app
-from tune_adapter.results import read_trials
+from tune_adapter.records.results import read_trials
 from tune_adapter.search import SearchOptions, run_search
 from tune_adapter.search.uri_storage import checkpoint_location, is_own_file, is_remote, local_path
 from tune_adapter.space import SHIPPED_DIR

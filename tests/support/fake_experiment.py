@@ -14,7 +14,7 @@ import numpy as np
 from optuna.distributions import (CategoricalDistribution, FloatDistribution, IntDistribution,
                                   distribution_to_json)
 
-from tune_adapter.results import ExperimentInfo, TrialStore
+from tune_adapter.records.results import ExperimentInfo, TrialStore
 
 DISTRIBUTIONS = {
     "lr": FloatDistribution(1e-5, 3e-2, log=True),

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..results import read_info, read_trials
+from ..records.results import read_info, read_trials
 from ..search.driver import fixed_points, max_concurrent, prepare_search, ray_session, run_search, trial_resources
 from ..search.options import SearchOptions
 from ..search.storage import linking_filesystem

@@ -14,8 +14,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..confirmation import confirmed_winner, read_confirm, summarize
-from ..results import read_trials
+from ..records.confirmation import confirmed_winner, read_confirm, summarize
+from ..records.results import read_trials
 from ..search.confirm import ConfirmOptions, run_confirm
 from ..search.driver import ray_session, run_search
 from .quality import TASKS, _slug, task_options

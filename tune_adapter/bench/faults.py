@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from ..results import EPOCHS_FILE, TRIALS_FILE, read_epochs, read_trials
+from ..records.results import EPOCHS_FILE, TRIALS_FILE, read_epochs, read_trials
 from ..search.scheduler import finals_rung
 from ..search.study import has_study, mismatches
 

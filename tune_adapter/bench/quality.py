@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import read_epochs, read_trials
+from ..records.results import read_epochs, read_trials
 from ..synth import SynthSpec, write_synth
 from .asha import train_without_pruning
 from ..search.driver import ray_session, run_search

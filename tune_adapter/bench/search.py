@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..results import read_epochs, read_trials
+from ..records.results import read_epochs, read_trials
 from ..search.driver import run_search
 from ..search.options import SearchOptions
 

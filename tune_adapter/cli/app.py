@@ -48,7 +48,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from ..display import fail, fit_console_to_terminal
+        from ..views.display import fail, fit_console_to_terminal
 
         fit_console_to_terminal()
         try:

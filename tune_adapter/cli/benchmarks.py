@@ -40,8 +40,8 @@ def bench(
     SIGKILLs tiny searches at chosen moments and resumes them; --data times epochs on a
     synthetic pack larger than a memory cap against the disk's bandwidth."""
     from ..bench.trainer import BenchSpec, run_bench
-    from ..display import bench_table, console, sections_table
     from ..space import SHIPPED_DIR, space_path
+    from ..views.display import bench_table, console, sections_table
 
     if quality:
         from ..bench.quality import bench_quality, quality_sections
@@ -98,7 +98,7 @@ def bench(
 
 def bench_faults_command(work_dir: Path) -> None:
     """--faults: SIGKILL tiny searches at chosen moments, resume them, check their records."""
-    from ..display import console
+    from ..views.display import console
     from ..bench.faults import BENCH_KILLS, bench_faults, failure_lines, outcomes_table
     from ..space import space_path
 
@@ -118,7 +118,7 @@ def bench_faults_command(work_dir: Path) -> None:
 def bench_data_command(work_dir: Path, size: float, trials: int, disk_mbps: float | None) -> None:
     """--data: a synthetic pack larger than a memory cap, read by 1..N trials at once."""
     from ..bench.data import DataBenchSpec, bench_data, data_sections
-    from ..display import console, sections_table
+    from ..views.display import console, sections_table
 
     spec = DataBenchSpec(size_gb=size, trials=tuple(range(1, trials + 1)), disk_mbps=disk_mbps)
     with console.status("benchmarking: data reading") as status:
@@ -130,8 +130,8 @@ def bench_staging_command(work_dir: Path, size: float, uri: str | None) -> None:
     """--staging: a pack at a URI, staged into a node's cache; a search's first trial with it."""
     from ..bench.s3_endpoint import NoEndpoint
     from ..bench.staging import bench_staging, staging_sections
-    from ..display import console, sections_table
     from ..errors import ConfigError
+    from ..views.display import console, sections_table
 
     work_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -47,11 +47,11 @@ def search(
     top: Annotated[int, typer.Option(help="Trials in the final table")] = 5,
 ):
     """Search hyperparameters with Ray Tune (Optuna samples, ASHA stops weak trials)."""
-    from ..display import console, shown_path
-    from ..results import TRIALS_FILE, open_experiment, read_trials
+    from ..records.results import TRIALS_FILE, open_experiment, read_trials
     from ..search import resolve_options, run_search
-    from ..search.live import top_trials_table
+    from ..views.top_trials import top_trials_table
     from ..space import load_space
+    from ..views.display import console, shown_path
 
     space = space or search_space_of(storage, name, continue_search)
     space_file = load_space(space)
@@ -87,7 +87,7 @@ def search_space_of(storage: Path, name: str | None, continue_search: bool) -> s
     """--space left out: the continued search's own space file, else the default space."""
     if not continue_search:
         return "default"
-    from ..results import TRIALS_FILE, read_info
+    from ..records.results import TRIALS_FILE, read_info
     from ..space import recorded_space
 
     folder = SearchOptions(space=Path(name or "default"), storage=storage, name=name or "default").experiment_dir
@@ -107,10 +107,10 @@ def confirm(
     address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one")] = None,
 ):
     """Rerun a search's best configurations over seeds, all epochs: is the winner better than noise?"""
-    from ..confirmation import CONFIRM_EPOCHS_FILE, CONFIRM_FILE, confirm_table, read_confirm
-    from ..display import console
-    from ..results import latest_experiment
+    from ..records.confirmation import CONFIRM_EPOCHS_FILE, CONFIRM_FILE, confirm_table, read_confirm
+    from ..records.results import latest_experiment
     from ..search.confirm import ConfirmOptions, run_confirm
+    from ..views.display import console
 
     options = ConfirmOptions(experiment=experiment if experiment is not None else latest_experiment(),
                              top=top, seeds=seeds, test_manifest=test_manifest, epochs=epochs, resume=resume,
@@ -128,9 +128,9 @@ def results(
     wide: Annotated[bool, typer.Option("--wide", help="Every column, however wide [what fits the terminal]")] = False,
 ):
     """Print an experiment's trials (or epochs) from its Parquet files."""
-    from ..display import console
-    from ..results import open_experiment, read_epochs, read_trials
-    from ..results_table import epochs_table, trials_table
+    from ..records.results import open_experiment, read_epochs, read_trials
+    from ..records.results_table import epochs_table, trials_table
+    from ..views.display import console
 
     if format not in ("table", "csv", "json"):
         raise UserError(f"--format {format!r} is unknown: use table, csv or json")
@@ -162,13 +162,13 @@ def best(
     """The best trials of an experiment; with --export, the winner as InfiniteTalk weights."""
     from rich.text import Text
 
-    from ..display import console
-    from ..edges import edge_warnings, search_winner
-    from ..results import best_trial, open_experiment, read_epochs, read_trials
-    from ..search.live import top_trials_table
+    from ..records.edges import edge_warnings, search_winner
+    from ..records.results import best_trial, open_experiment, read_epochs, read_trials
+    from ..views.top_trials import top_trials_table
     from ..search.uri_storage import fetched_checkpoint
+    from ..views.display import console
 
-    from ..confirmation import confirm_table, has_confirmation, read_confirm
+    from ..records.confirmation import confirm_table, has_confirmation, read_confirm
 
     folder, info = open_experiment(experiment)
     trials = read_trials(folder)
@@ -210,9 +210,9 @@ def default_export_folder(experiment: str | None, folder: Path) -> Path:
 def export_confirmed(folder: Path, info, runs, out: Path, merge_into: Path | None, merged_file: Path | None,
                      allow_config_change: bool) -> None:
     """Export the confirmed winner's run with the lowest val_l1, recording the confirmation."""
-    from ..confirmation import confirm_record, winner_run
-    from ..display import console
+    from ..records.confirmation import confirm_record, winner_run
     from ..search.uri_storage import fetched_checkpoint
+    from ..views.display import console
 
     run = winner_run(runs)
     if run is None:
@@ -266,7 +266,7 @@ def export(
 def write_export(folder: Path, out: Path, info: dict, merge_into: Path | None,
                  merged_file: Path | None, allow_config_change: bool) -> None:
     """Export a checkpoint (and merge it); a refused merge is found before anything is written."""
-    from ..display import console
+    from ..views.display import console
     from ..export import (export_adapter, merged_path, plan_merge, read_checkpoint_adapter,
                          window_warnings, write_merge)
 
@@ -293,9 +293,9 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="HTML file to write [default: EXPERIMENT/report.html]")] = None,
 ):
     """Write a one-file HTML report (curves, progress, parameters, importances, top trials)."""
-    from ..display import console
+    from ..records.results import latest_experiment
     from ..report import write_report
-    from ..results import latest_experiment
+    from ..views.display import console
 
     folder = experiment if experiment is not None else latest_experiment()
     with console.status(f"rendering the report of {folder}"):

@@ -8,8 +8,8 @@ def spaces():
     from rich.padding import Padding
     from rich.text import Text
 
-    from ..display import console
     from ..space import SHIPPED_DIR, load_space, probe_space, shipped_spaces
+    from ..views.display import console
 
     for name in shipped_spaces():
         space = load_space(name)

@@ -30,9 +30,9 @@ def train(
     """Train one adapter (the seed guide's trainer)."""
     from ..checkpoint import latest_checkpoint
     from ..data import load_training_data
-    from ..display import TrainProgressBar, console
     from ..runtime import resolve_device
     from ..trainer import train as run_training
+    from ..views.display import TrainProgressBar, console
 
     resolve_device(config.device)
     resume_from = latest_checkpoint(resume) if resume is not None else None
@@ -88,8 +88,8 @@ def synth(
     label_noise: Annotated[float, typer.Option(help="Gaussian noise on the training targets, relative to their std")] = 0.0,
 ):
     """Write a seeded synthetic teacher/student dataset."""
-    from ..display import console
     from ..synth import SynthSpec, write_synth
+    from ..views.display import console
 
     spec = SynthSpec(dims=dims, layout=layout, train_clips=train_clips, val_clips=val_clips,
                      min_frames=min_frames, max_frames=max_frames, seed=seed,
@@ -108,7 +108,7 @@ def check(
 ):
     """Validate a manifest's clips, pack them, and summarise them."""
     from ..data import pack_manifest, read_manifest
-    from ..display import console, pack_progress, pack_summary
+    from ..views.display import console, pack_progress, pack_summary
 
     entries = read_manifest(manifest)
     with pack_progress(len(entries)) as advance:
@@ -126,7 +126,7 @@ def pack(
 ):
     """Validate a dataset and pack it once, into a folder or URI that search, train and confirm take (--data)."""
     from ..data.remote import check_empty_destination, is_uri
-    from ..display import console
+    from ..views.display import console
 
     if not shard_mb > 0:
         raise UserError(f"--shard-mb {shard_mb} is out of range: it must be above 0")
@@ -144,7 +144,7 @@ def pack(
 def pack_to_folder(manifest: Path, folder: Path, val_manifest: Path | None, val_fraction: float | None,
                    pack_dtype: str, shard_mb: float, shown_as: str | None = None) -> None:
     from ..data import pack_manifests, split_entries, split_roots
-    from ..display import console, pack_progress, pack_summary
+    from ..views.display import console, pack_progress, pack_summary
 
     splits, roots = split_entries(manifest, val_manifest, val_fraction), list(split_roots(folder))
     with pack_progress(sum(len(entries) for entries, _ in splits)) as advance:
@@ -163,7 +163,7 @@ def pack_to_uri(manifest: Path, uri: str, val_manifest: Path | None, val_fractio
 
     from ..data import default_cache_root
     from ..data.remote import upload_pack
-    from ..display import console
+    from ..views.display import console
 
     cache = default_cache_root()
     cache.mkdir(parents=True, exist_ok=True)
@@ -193,14 +193,14 @@ def extract(
         raise UserError("give --out DIR (tensor files and manifests) or --pack-out DIR (packs for --data), one of them")
     try:
         from ..extract import ExtractConfig, extract as run_extract
-        from ..extract_view import ExtractProgressBar, extract_summary, skipped_table
+        from ..views.extract_view import ExtractProgressBar, extract_summary, skipped_table
         from ..wav2vec import quiet_transformers
     except ImportError as exc:
         raise UserError(
             f"tune-adapter extract needs the [extract] extra ({exc.name} is missing): "
             'pip install -e ".[extract]"'
         ) from None
-    from ..display import console
+    from ..views.display import console
 
     quiet_transformers()
     config = ExtractConfig(audio_dir=audio_dir, wav2vec_dir=wav2vec_dir, teacher=teacher, out=out or pack_out,

@@ -17,7 +17,6 @@ URIs is one.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json

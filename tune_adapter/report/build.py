@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import atomic_write
-from ..confirmation import finished_runs, has_confirmation, read_confirm
+from ..records.confirmation import finished_runs, has_confirmation, read_confirm
 from .experiment import load_experiment
 from .html import Figures, render
 from .importance import param_importances

@@ -9,7 +9,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, json_to_distribution
 
 from ..errors import UserError
-from ..results import ExperimentInfo, open_experiment, read_pair
+from ..records.results import ExperimentInfo, open_experiment, read_pair
 
 RANK_METRIC = "best_val_l1"  # the trial store keeps each trial's best epoch by val_l1
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..display import shown_path
-from ..edges import edge_warnings
-from ..results import baseline_verdict, start_gain, start_line
-from ..study_trials import is_missing
+from ..records.edges import edge_warnings
+from ..records.results import baseline_verdict, start_gain, start_line
+from ..records.study_trials import is_missing
+from ..views.display import shown_path
 from .experiment import RANK_METRIC, Experiment
 from .importance import Importances
 
@@ -140,7 +140,7 @@ def _top_table(experiment: Experiment) -> str:
 
 def _confirmation(runs, image: bytes) -> str:
     """The best configurations rerun over seeds (`tune-adapter confirm`)."""
-    from ..confirmation import summarize, verdict_lines
+    from ..records.confirmation import summarize, verdict_lines
 
     summary = summarize(runs)
     head = ["trial", "seeds", "val_l1 mean", "val_l1 sd", "min", "max", "test_l1 mean", "test_l1 sd"]

@@ -17,8 +17,8 @@ from optuna.distributions import BaseDistribution
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
-from ..results import ExperimentInfo
-from ..study_trials import study_trial
+from ..records.results import ExperimentInfo
+from ..records.study_trials import study_trial
 from .experiment import Experiment
 
 # fANOVA fits a random forest to the trials; with fewer the numbers mean little.

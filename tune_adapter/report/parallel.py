@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 from optuna.distributions import IntDistribution
 
-from ..study_trials import is_missing
+from ..records.study_trials import is_missing
 from .experiment import RANK_METRIC, Experiment
 from .plots import LOG_SPAN, MAX_INT_TICKS, WIDTH, _categories, _is_log, _steps, plain_log_ticks
 

@@ -11,7 +11,7 @@ import pandas as pd
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
-from ..study_trials import study_trial
+from ..records.study_trials import study_trial
 from .experiment import Experiment
 from .importance import Importances, empty_study, split_varying
 

@@ -215,7 +215,7 @@ def _style(status: str) -> dict:
 def confirm_figure(runs) -> Figure:
     """Each confirmed configuration's runs as dots (one per seed) with mean +- sd, best mean
     val_l1 first; val_l1 and, when scored, test_l1 side by side."""
-    from ..confirmation import finished_runs, summarize
+    from ..records.confirmation import finished_runs, summarize
 
     summary, done = summarize(runs), finished_runs(runs)
     metrics = [("best_val_l1", "val_l1 (best epoch)")]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import SEARCHABLE, TrainConfig
-from ..confirmation import (
+from ..records.confirmation import (
     CONFIRM_FILE,
     CONFIRM_FOLDER,
     SEED_KEY,
@@ -29,7 +29,7 @@ from ..data.remote import is_uri
 from .uri_storage import is_remote
 from ..data.pack import clip_identities
 from ..errors import ConfigError, DataError
-from ..results import ExperimentInfo, open_experiment, read_trials
+from ..records.results import ExperimentInfo, open_experiment, read_trials
 from ..space import recorded_space, space_path
 from .hparams import TensorBoardScalars
 from .options import SearchOptions

@@ -11,7 +11,7 @@ the trial count at which each run began.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..results import TRIALS_FILE, ExperimentInfo, TrialStore, open_experiment, read_info, read_trials
+from ..records.results import TRIALS_FILE, ExperimentInfo, TrialStore, open_experiment, read_info, read_trials
 from .budget import SPENT_KEY
 from .scheduler import BASELINE_KEY
 from .options import DATA_RECORDED_BEFORE, SearchOptions

@@ -21,14 +21,14 @@ from ..cpu_tuning import huge_pages_env
 from ..data import TrainData, load_training_data
 from ..data.remote import is_uri
 from ..errors import ConfigError
-from ..results import TRIALS_FILE, ExperimentInfo, TrialStore, read_info
+from ..records.results import TRIALS_FILE, ExperimentInfo, TrialStore, read_info
 from ..init_from import check_init_space, read_initial_adapter
 from ..space import SEARCHABLE, SearchSpace, check_baseline, check_space, load_space, probe_space
 from .options import DATA_RECORDED_BEFORE, SHARED_GPU, SearchOptions
 from .budget import SPENT_KEY
 from .storage import linking_filesystem
 from .continuation import carry_earlier_runs, check_warm_starts, open_run_study, time_budget
-from .study import has_study, journal_storage, open_study, reconcile
+from .study import has_study, open_study, reconcile
 from .trial import SCRATCH_FOLDER, TrialSetup, run_trial
 from .uri_storage import fetch_own_files
 
@@ -244,8 +244,6 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
                 console=None):
     """The search's Tune run: new, or restored with everything it pickled (searcher,
     scheduler, clock, callbacks), which then read this run's settings from the files."""
-    from ray import tune
-
     from .tuner import TuneRun, make_tuner
 
     resources = trial_resources(options)
@@ -459,7 +457,7 @@ def ready_nodes(setup: TrialSetup, quiet: bool, console=None) -> None:
 
     staged = prepare_nodes(setup.data_uri, [setup.train_pack, setup.val_pack])
     if staged and not quiet:
-        from ..display import console as default_console
+        from ..views.display import console as default_console
 
         (console or default_console).print(staging_line(setup.data_uri, staged), soft_wrap=True, markup=False)
 

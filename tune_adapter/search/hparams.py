@@ -32,7 +32,7 @@ from tensorboardX.proto.api_pb2 import (DataType, DatasetType, Experiment, HPara
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
-from ..results import FINAL_STATUSES, START_METRICS, START_PREFIX, ExperimentInfo, TrialRecord
+from ..records.results import FINAL_STATUSES, START_METRICS, START_PREFIX, ExperimentInfo, TrialRecord
 from .scheduler import record_id
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""rich views of a search: a live table while it runs, the top trials when it ends."""
+"""The live table of a running search: its trials by state and the best so far."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from rich.live import Live
 from rich.text import Text
 from ray.tune import Callback
 
-from ..display import shown_path
-from ..fit_table import Column, FitTable, format_number
-from ..results import ExperimentInfo, baseline_verdict, start_line
-from ..results_table import metric, param_columns, whole
+from ..records.fit_table import Column, FitTable, format_number
+from ..records.results import ExperimentInfo
+from ..records.results_table import metric
 from .record import StoreCallback
 from .scheduler import is_baseline, record_id
 
@@ -93,36 +92,3 @@ class LiveTable(Callback):
 def live_counts(statuses) -> Counter:
     """The live table's counts of trials.parquet statuses."""
     return Counter(LIVE_STATES.get(s, s) for s in statuses)
-
-
-def top_trials_table(trials_frame, params: list[str], top: int, title: str) -> Group:
-    """The best trials by `best_val_l1` (and the baseline, marked, wherever it ranks), their
-    checkpoint folders (long paths wrap), and how the winner compares with the baseline."""
-    varying = [p for p in params if trials_frame[p].nunique(dropna=False) > 1] or params
-    ranked = trials_frame.sort_values("best_val_l1", na_position="last").reset_index(drop=True)
-    shown = [(i + 1, row) for i, row in enumerate(ranked.to_dict("records")) if i < top or _is_baseline(row)]
-    rows = [row for _, row in shown]
-    columns = [
-        Column("#", [str(rank) for rank, _ in shown]),
-        Column("trial", [r["trial_id"] + (" (baseline)" if _is_baseline(r) else "") for r in rows]),
-        Column("status", [r["status"] for r in rows]),
-        *param_columns(trials_frame[varying], varying, rows),
-        Column("best val_l1", [metric(r["best_val_l1"]) for r in rows], short="val_l1", justify="right"),
-        Column("val_cos", [metric(r["best_val_cos"]) for r in rows], short="cos", justify="right", priority=900),
-        Column("epoch", [whole(r["best_epoch"]) for r in rows], short="ep", justify="right"),
-    ]
-    paths = Text()
-    for rank, row in shown:
-        # pandas reads a missing string as NaN, which is truthy: only a str is a value here.
-        where = next((v for v in (row["best_checkpoint"], row["error"]) if isinstance(v, str) and v),
-                     "no checkpoint kept")
-        paths.append(f"#{rank} {row['trial_id']}: {shown_path(where)}\n")
-    lines = [baseline_verdict(ranked), start_line(ranked.iloc[0]) if len(ranked) else None]
-    table = FitTable(columns, title=title, hidden_hint="tune-adapter results --wide shows them")
-    return Group(table, paths, *(Text(line) for line in lines if line))
-
-
-def _is_baseline(row: dict) -> bool:
-    return bool(row.get("baseline", False))
-
-

@@ -15,7 +15,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
-from ..results import FINAL_STATUSES, TRIALS_FILE, WAITING, ExperimentInfo, TrialStore, read_info
+from ..records.results import FINAL_STATUSES, TRIALS_FILE, WAITING, ExperimentInfo, TrialStore, read_info
 from .budget import SPENT_KEY, SearchClock
 from .scheduler import FINALS_OF, is_baseline, is_finalist, record_id
 from .recover import repair_checkpoint, skip_stored_checkpoints

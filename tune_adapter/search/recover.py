@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ..results import TrialRecord
+from ..records.results import TrialRecord
 from .compat import (forget_checkpoints, latest_checkpoint_result, raise_checkpoint_index,
                      tracked_checkpoints, training_result)
 from .uri_storage import checkpoint_exists, checkpoint_fs_path

@@ -18,8 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..distributions import holds
 from ..errors import ConfigError
-from ..results import FINAL_STATUSES, ExperimentInfo, TrialRecord, TrialStore, open_experiment
-from ..study_trials import STATES, native, study_trial
+from ..records.results import FINAL_STATUSES, ExperimentInfo, TrialRecord, TrialStore, open_experiment
+from ..records.study_trials import STATES, native, study_trial
 
 JOURNAL_FILE = "optuna.journal"
 TUNE_ID_ATTR = "tune_trial_id"
@@ -143,7 +143,7 @@ def reconcile(study: optuna.Study, store: TrialStore, complete: bool) -> None:
 def mismatches(folder: Path, name: str) -> list[str]:
     """How the journal's study differs from trials.parquet and epochs.parquet: each row one
     study trial, in its row's state, with its epochs as intermediate values. Empty: agreed."""
-    from ..results import read_epochs, read_trials
+    from ..records.results import read_epochs, read_trials
 
     trials, epochs = read_trials(folder), read_epochs(folder)
     by_id = tune_trials(optuna.load_study(study_name=name, storage=journal_storage(folder)))

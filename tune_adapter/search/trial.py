@@ -17,10 +17,10 @@ import torch
 from ray import tune
 
 from ..config import TrainConfig
-from ..results import START_METRICS, START_PREFIX
+from ..records.results import START_METRICS, START_PREFIX
 from ..data import TrainData, load_pack_dir, open_pack
 from ..data.staging import stage_pack
-from ..results import WAITING, TrialStore
+from ..records.results import WAITING, TrialStore
 from ..trainer import train
 from .scheduler import BASELINE_KEY, FINALS_OF
 from .storage import linking_filesystem
@@ -170,8 +170,8 @@ def recorded_result(setup: TrialSetup, config: dict) -> dict | None:
 def trials_store(folder: Path) -> TrialStore | None:
     """The store of the trials run in Tune's experiment `folder`: a search's trials.parquet
     in it, or a confirmation's confirm.parquet beside its Tune folder (confirm/)."""
-    from ..confirmation import CONFIRM_FILE, CONFIRM_FOLDER, ConfirmStore, read_confirm_info
-    from ..results import TRIALS_FILE, read_info
+    from ..records.confirmation import CONFIRM_FILE, CONFIRM_FOLDER, ConfirmStore, read_confirm_info
+    from ..records.results import TRIALS_FILE, read_info
 
     if (folder / TRIALS_FILE).is_file():
         return TrialStore(folder, read_info(folder))

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .data import PackedClips
-from .data.shards import DTYPE_NAMES
+from ..data import PackedClips
+from ..data.shards import DTYPE_NAMES
 
 console = Console()
 FPS = 25

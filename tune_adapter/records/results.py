@@ -28,9 +28,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_write
-from .errors import UserError
-from .search.uri_storage import checkpoint_exists, is_remote
+from ..atomic import atomic_write
+from ..errors import UserError
+from ..search.uri_storage import checkpoint_exists, is_remote
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -338,7 +338,7 @@ def latest_experiment(storage: Path = Path("results")) -> Path:
 def open_experiment(folder: str | Path | None, storage: Path = Path("results")) -> tuple[Path, ExperimentInfo]:
     """An experiment folder (the latest when None; a URI's experiment fetched into its local
     mirror) and its description."""
-    from .search.uri_storage import local_path, open_remote_experiment
+    from ..search.uri_storage import local_path, open_remote_experiment
 
     if folder is None:
         folder = latest_experiment(storage)

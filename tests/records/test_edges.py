@@ -1,4 +1,4 @@
-"""The edge rule (tune_adapter.edges), and `best` and the report that warn with it."""
+"""The edge rule (tune_adapter.records.edges), and `best` and the report that warn with it."""
 
 import html
 
@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from tests.support.fake_experiment import write_fake_experiment
 from tune_adapter.cli import app
-from tune_adapter.edges import edge_side, edge_warnings, range_text
+from tune_adapter.records.edges import edge_side, edge_warnings, range_text
+from tune_adapter.records.results import ExperimentInfo
 from tune_adapter.report import write_report
-from tune_adapter.results import ExperimentInfo
 
 runner = CliRunner()
 
@@ -105,7 +105,7 @@ def test_report_warns_of_each_parameter_at_an_edge(at_edge):
 
 
 def test_a_shipped_space_is_widened_in_a_copy():
-    from tune_adapter.edges import widen_advice
+    from tune_adapter.records.edges import widen_advice
     from tune_adapter.space import SHIPPED_DIR
 
     assert "cp " in widen_advice(str(SHIPPED_DIR / "default.py")) and "--space my_space.py" in \
@@ -120,8 +120,8 @@ def test_a_shipped_space_is_widened_in_a_copy():
 def test_new_categorical_choices_are_a_warm_started_search_not_a_continue():
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from tune_adapter.edges import next_search
-    from tune_adapter.results import ExperimentInfo
+    from tune_adapter.records.edges import next_search
+    from tune_adapter.records.results import ExperimentInfo
 
     info = ExperimentInfo(name="default", params=["lr"])
     assert next_search(info, 16, [CategoricalDistribution([2, 4])]) == "--name default-2 --warm-start results/default"

@@ -104,8 +104,8 @@ def next_search(info: ExperimentInfo, trials: int, distributions: list[BaseDistr
 
 def widen_advice(space: str) -> str:
     """A shipped space is not the user's to edit: widen a copy of it instead."""
-    from .display import shown_path
-    from .space import SHIPPED_DIR, recorded_space, shipped_spaces
+    from ..space import SHIPPED_DIR, recorded_space, shipped_spaces
+    from ..views.display import shown_path
 
     name = recorded_space(space) if space else ""
     if name in shipped_spaces() or (space and Path(space).resolve().parent == SHIPPED_DIR):

@@ -234,7 +234,7 @@ def winner_run(runs) -> dict | None:
     --export` exports, ranked by the epoch it exports (a run's best epoch may have no
     checkpoint with --checkpoint-every > 1). Files written before checkpoint_val_l1 rank by
     best_val_l1."""
-    from .search.uri_storage import checkpoint_exists
+    from ..search.uri_storage import checkpoint_exists
 
     winner = confirmed_winner(runs)
     done = finished_runs(runs)

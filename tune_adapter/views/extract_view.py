@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ..extract import ExtractResult
+from ..teacher import describe
 from .display import ProgressView, console
-from .extract import ExtractResult
-from .teacher import describe
 
 
 class ExtractProgressBar(ProgressView):

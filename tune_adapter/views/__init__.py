@@ -1,0 +1,1 @@
+"""rich views shared by the commands."""
