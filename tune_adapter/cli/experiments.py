@@ -67,7 +67,7 @@ def search(
         mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, cache_dir=cache_dir,
         baseline=baseline, init_from=init_from, init_partial=init_partial,
     )
-    outcome = run_search(options, console=console)
+    outcome = run_search(options, console=console, space=space_file)
     folder = outcome.experiment_dir
     if (folder / TRIALS_FILE).is_file():  # none when stopped before the first result
         folder, info = open_experiment(folder)

@@ -377,10 +377,11 @@ class PreparedSearch:
         return self.info.num_samples - self.held
 
 
-def prepare_search(options: SearchOptions) -> PreparedSearch:
-    """Everything checked before Ray starts: folder, data, space; then what trials share."""
+def prepare_search(options: SearchOptions, space: SearchSpace | None = None) -> PreparedSearch:
+    """Everything checked before Ray starts: folder, data, space (`space`: the one the
+    command line loaded already); then what trials share."""
     check_address(options.address)
-    space = load_space(options.space)
+    space = space or load_space(options.space)
     check_experiment_folder(options)
     sources = data_sources(options)
     data = load_sources(sources)
@@ -419,12 +420,13 @@ def ray_session(options: SearchOptions):
             ray.shutdown()
 
 
-def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None) -> SearchOutcome:
+def run_search(options: SearchOptions, trainable: Callable = run_trial, console=None,
+               space: SearchSpace | None = None) -> SearchOutcome:
     """Run (or resume, or continue) a search; returns when every trial of this run has ended,
     the time budget is spent, or the driver is stopped."""
     from .record import MirrorUpload
 
-    prepared = prepare_search(options)
+    prepared = prepare_search(options, space)
     with ray_session(options):
         ready_nodes(prepared.setup, options.quiet, console)
         mirror = None if options.storage_uri is None else MirrorUpload(options.experiment_dir, options.storage_uri)
