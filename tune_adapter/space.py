@@ -90,7 +90,7 @@ def space_path(value: str | Path) -> Path:
 
 
 def module_name_for(path: Path) -> str:
-    """A stable importable name: OptunaSearch pickles `space` by reference.
+    """A stable importable name: Tune pickles the searcher, and so `space`, by reference.
 
     A shipped space's name leaves out where the package is installed, so a search resumes
     after a reinstall elsewhere; any other file's name keeps its full path apart.

@@ -9,7 +9,7 @@ from ray.tune.search import Searcher
 
 from tune_adapter.search.budget import SearchClock
 from tune_adapter.search.finals import Finals
-from tune_adapter.search.scheduler import BASELINE_KEY, FINALS_OF
+from tune_adapter.search.scheduler import BASELINE_KEY, CPUS_KEY, FINALS_OF
 from tune_adapter.search.searcher import SilentErrors, StudySearcher
 from tune_adapter.search.study import open_study
 from tune_adapter.space import SHIPPED_DIR, load_space
@@ -96,7 +96,6 @@ def test_the_limit_on_trials_at_once_counts_finalists_and_frees_a_silently_faile
     s = searcher(tmp_path, trials=3, rung=2, finalists=2)
     s.set_max_concurrency(2)
     assert s.suggest("a") and s.suggest("b") and s.suggest("c") is None
-    screen(s, {})
     run(s, "a", [0.9, 0.3])
     assert s.suggest("c") is not None and s.suggest("x") is None
 
@@ -114,8 +113,10 @@ def test_a_restored_searcher_goes_on_from_its_snapshot_and_shares_the_clock_agai
     import pickle
 
     clock = SearchClock(budget_s=100.0)
-    s = searcher(tmp_path, trials=3, rung=2, finalists=1, clock=clock)
+    s = searcher(tmp_path, trials=4, rung=2, finalists=1, clock=clock)
+    s.set_max_concurrency(2)
     screen(s, {"a": 0.4, "b": 0.2})
+    assert s.suggest("d") is not None  # running at the snapshot
     s.save(str(tmp_path / "snapshot.pkl"))
     s.suggest("c")  # after the snapshot: an orphan in the study once the driver dies
 
@@ -125,9 +126,23 @@ def test_a_restored_searcher_goes_on_from_its_snapshot_and_shares_the_clock_agai
     assert restored.clock is restored_clock and restored.finals.values == {"a": 0.4, "b": 0.2}
     again = restored.suggest("c2")  # the orphan's configuration, not a new study trial
     assert restored.numbers["c2"] == s.numbers["c"] and again == s.configs["c"]
-    assert len(open_study(tmp_path, "s").trials) == 3
+    assert len(open_study(tmp_path, "s").trials) == 4
+    assert restored.suggest("e") is None  # d and c2 run: --max-concurrent 2 holds after a restore
     restored_clock.budget_s = 0.0
-    assert restored.suggest("d") is Searcher.FINISHED
+    assert restored.suggest("f") is Searcher.FINISHED
+
+
+def test_a_long_finalist_gets_the_free_cpus_and_a_short_one_keeps_its_actor(tmp_path):
+    s = searcher(tmp_path, trials=2, rung=2, finalists=2, max_epochs=10)
+    s.finalist_cpus = 2.0
+    assert s.suggest("a") and s.suggest("b")
+    for trial_id, seconds in (("a", 0.5), ("b", 9.0)):  # 8 epochs left: 4 s and 72 s
+        s.on_trial_result(trial_id, {"epoch": 1, "val_l1": 0.9, "epoch_seconds": seconds})
+        s.on_trial_complete(trial_id, {"epoch": 2, "val_l1": 0.3 if trial_id == "a" else 0.4,
+                                       "epoch_seconds": seconds})
+    short, long = s.suggest("f1"), s.suggest("f2")
+    assert short[FINALS_OF] == "a" and CPUS_KEY not in short
+    assert long[FINALS_OF] == "b" and long[CPUS_KEY] == 2.0
 
 
 def test_finals_rank_by_value_at_the_rung_with_nan_last_and_ties_by_id():

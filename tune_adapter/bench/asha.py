@@ -1,8 +1,8 @@
 """Does ASHA pay? The same configurations searched with ASHA and trained to the end.
 
-First a search with ASHA (OptunaSearch samples, ASHA stops weak trials); then every
+First a search with ASHA (Optuna samples, ASHA stops weak trials); then every
 configuration it tried is trained for max epochs with no early stopping (Tune's FIFO
-scheduler, the configurations given as `points_to_evaluate`). Compared: the best
+scheduler, one grid point per configuration). Compared: the best
 `val_l1` each finds and the epochs each spends.
 """
 

@@ -1,8 +1,9 @@
 """The Ray Tune driver: Optuna samples, ASHA stops, trials train, Parquet records.
 
-Ray Tune does the scheduling, the sampling (OptunaSearch), early stopping (ASHA, with
-finalists chosen once every trial is screened: scheduler.py), retries and resuming
-(`Tuner.restore`); this module only wires them to the trainer.
+Ray Tune does the scheduling, retries and resuming (`Tuner.restore`); Optuna's study the
+sampling (searcher.py); ASHA the early stopping, up to the finals rung (scheduler.py),
+where the finalists are chosen once every trial is screened (finals.py). This module
+checks what a search is given and wires them to the trainer (tuner.py builds the run).
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
     open_run_study(options, info, prepared.distributions,  # refused resources write nothing
                    prepared.space.baseline if options.baseline and not options.continue_search else None)
     run = TuneRun(name=options.experiment_name, setup=prepared.setup, resources=resources,
-                  finalist_cpus=finalist_cpus(options, resources), storage=tune_storage(options),
+                  storage=tune_storage(options),
                   max_concurrent=max_concurrent(options, resources), max_failures=options.max_failures)
     if options.resume:
         return make_tuner(run, trainable, restore=options.storage_uri or str(options.experiment_dir))
@@ -268,7 +269,7 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
     searcher = StudySearcher(folder=options.experiment_dir, study_name=info.name, space_fn=prepared.space.function,
                              sampler=make_sampler(options, prepared.distributions), trials=prepared.run_samples,
                              max_epochs=options.max_epochs, finals=Finals(rung, options.finalists), clock=clock,
-                             metric=info.metric, mode=info.mode)
+                             finalist_cpus=finalist_cpus(options, resources), metric=info.metric, mode=info.mode)
     store = StoreCallback(options.experiment_dir, info, clock, rung)
     live = [] if options.quiet else [LiveTable(info, store, console)]
     scheduler = SearchScheduler(finals=rung, max_epochs=options.max_epochs, metric=info.metric, mode=info.mode,
@@ -280,8 +281,9 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
 
 
 def finalist_cpus(options: SearchOptions, resources: dict) -> float:
-    """A finalist trains when screening is over, with fewer trials left than CPUs: it takes
-    its share of them (torch threads), never more than one node holds."""
+    """A finalist trains when screening is over, with fewer trials left than CPUs: a long one
+    takes its share of them (torch threads; searcher.LONG_FINALS_S), never more than one node
+    holds."""
     import ray
 
     if options.cpus_per_trial != int(options.cpus_per_trial) or not options.finalists:

@@ -19,6 +19,7 @@ from .budget import SearchClock
 
 BASELINE_KEY = "baseline"  # set (True) in the config of the search's baseline trial
 FINALS_OF = "finals_of"  # in a finalist's config: the screened trial it continues
+CPUS_KEY = "cpus"  # in a finalist's config: its CPUs, when more than a screening trial's
 
 
 def is_baseline(trial) -> bool:

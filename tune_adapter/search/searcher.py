@@ -28,17 +28,25 @@ from ray.tune.search import Searcher
 
 from .budget import SearchClock
 from .finals import Finals
-from .scheduler import BASELINE_KEY, FINALS_OF
+from .scheduler import BASELINE_KEY, CPUS_KEY, FINALS_OF
 from .study import TUNE_ID_ATTR, WARM_START_ATTR, journal_storage
 
 # What describes the search rather than its progress: a restore keeps these as built.
-SETTINGS = ("folder", "study_name", "space_fn", "trials", "max_epochs", "clock", "max_concurrent")
+SETTINGS = ("folder", "study_name", "space_fn", "trials", "max_epochs", "clock", "max_concurrent",
+            "finalist_cpus")
+# A finalist gets the CPUs screening leaves free only when its training left is at least this
+# long: more CPUs means a new Ray actor (a process that imports torch and opens the data, about
+# 5 s on 2 cores), where the same CPUs would reuse a screening trial's (docs/performance.md).
+LONG_FINALS_S = 60.0
 
 
 class StudySearcher(Searcher):
     def __init__(self, *, folder: Path, study_name: str, space_fn, sampler, trials: int, max_epochs: int,
-                 finals: Finals, clock: SearchClock, metric: str = "val_l1", mode: str = "min"):
+                 finals: Finals, clock: SearchClock, finalist_cpus: float | None = None,
+                 metric: str = "val_l1", mode: str = "min"):
         super().__init__(metric=metric, mode=mode)
+        self.finalist_cpus = finalist_cpus  # a lone finalist's CPUs (driver.finalist_cpus)
+        self.epoch_seconds: dict[str, float] = {}  # each trial's last epoch, in seconds
         self.folder, self.study_name, self.space_fn = str(folder), study_name, space_fn
         self.sampler, self.trials, self.max_epochs = sampler, trials, max_epochs
         self.finals, self.clock = finals, clock
@@ -91,6 +99,7 @@ class StudySearcher(Searcher):
         reports now is the one the Parquet store keeps, so it replaces the one before)."""
         if not result or self.metric not in result or "epoch" not in result:
             return
+        self.epoch_seconds[trial_id] = float(result.get("epoch_seconds", 0.0))
         value = float(result[self.metric])
         if not math.isnan(value) and not self.study_trial(trial_id).state.is_finished():
             self.storage.set_trial_intermediate_value(self.storage_id(self.numbers[trial_id]),
@@ -155,7 +164,11 @@ class StudySearcher(Searcher):
         self.finals.start(trial_id, chosen)
         self.numbers[trial_id] = self.numbers[chosen]
         self.running.add(trial_id)
-        return {**self.finals.configs[chosen], FINALS_OF: chosen}
+        config = {**self.finals.configs[chosen], FINALS_OF: chosen}
+        left_s = (self.max_epochs - self.finals.rung) * self.epoch_seconds.get(chosen, 0.0)
+        if self.finalist_cpus and left_s >= LONG_FINALS_S:
+            config[CPUS_KEY] = self.finalist_cpus
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.numbers:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .scheduler import FINALS_OF
+from .scheduler import CPUS_KEY
 from .trial import TrialSetup
 
 METRIC, MODE = "val_l1", "min"
@@ -24,7 +24,6 @@ class TuneRun:
     storage: dict  # storage_path and storage_filesystem (driver.tune_storage)
     max_concurrent: int
     max_failures: int
-    finalist_cpus: float | None = None  # a finalist's CPUs (driver.finalist_cpus); None: as any trial
 
 
 def trial_dirname(trial) -> str:
@@ -36,8 +35,7 @@ def trainable_of(run: TuneRun, trainable: Callable):
     from ray import tune
 
     def resources(config: dict) -> tune.PlacementGroupFactory:
-        finalist = config.get(FINALS_OF) is not None and run.finalist_cpus is not None
-        bundle = {"CPU": run.finalist_cpus if finalist else run.resources["cpu"]}
+        bundle = {"CPU": config.get(CPUS_KEY) or run.resources["cpu"]}  # a long finalist's: more
         if run.resources["gpu"] > 0:
             bundle["GPU"] = run.resources["gpu"]
         return tune.PlacementGroupFactory([bundle])
