@@ -34,6 +34,8 @@ def test_a_moved_experiment_is_refused_on_resume(tmp_path):
     with pytest.raises(ConfigError, match=r"--resume: moved was begun in .*/old/moved .* move it back"):
         check_not_moved(resumed, here)
     check_not_moved(options(tmp_path / "new", resume=False), here)  # a new search there: fine
+    # Killed before its first result: nothing recorded, nothing to compare.
+    check_not_moved(options(tmp_path / "empty", resume=True), here)
 
 
 def test_tunes_line_about_unfinished_trials_is_kept_out(caplog):

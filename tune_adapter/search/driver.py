@@ -137,8 +137,8 @@ def experiment_place(options: SearchOptions) -> str:
 def check_not_moved(options: SearchOptions, info: ExperimentInfo) -> None:
     """Tune restores an experiment with the callbacks it pickled when it began, which name
     its folder then: a moved experiment would be recorded in its old place."""
-    if not options.resume:
-        return
+    if not options.resume or not (options.experiment_dir / TRIALS_FILE).is_file():
+        return  # a new search, or one killed before its first result: nothing recorded yet
     recorded = read_info(options.experiment_dir).extra.get("experiment", info.extra["experiment"])
     if recorded != info.extra["experiment"]:
         raise ConfigError(f"--resume: {options.experiment_name} was begun in {recorded} and Ray Tune's saved run "
@@ -255,7 +255,11 @@ def build_tuner(options: SearchOptions, prepared: "PreparedSearch", trainable: C
                   storage=tune_storage(options),
                   max_concurrent=max_concurrent(options, resources), max_failures=options.max_failures)
     if options.resume:
-        return make_tuner(run, trainable, restore=options.storage_uri or str(options.experiment_dir))
+        try:
+            return make_tuner(run, trainable, restore=options.storage_uri or str(options.experiment_dir))
+        except (ModuleNotFoundError, AttributeError) as exc:  # Tune's pickle names a class that is gone
+            raise ConfigError(f"--resume: {options.experiment_name} was begun by an older tune-adapter ({exc}); "
+                              "resume it with the version that began it") from None
     from ..bench.faults import KillSwitch
     from .budget import SearchClock
     from .finals import Finals
