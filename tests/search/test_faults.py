@@ -27,7 +27,7 @@ def test_a_search_stopped_before_its_first_result_prints_the_resume_hint(tmp_pat
 
     folder = tmp_path / "results" / "tiny"
     folder.mkdir(parents=True)
-    monkeypatch.setattr(search, "run_search", lambda options, console=None: SearchOutcome(folder, 0, 4))
+    monkeypatch.setattr(search, "run_search", lambda options, console=None, space=None: SearchOutcome(folder, 0, 4))
     result = CliRunner().invoke(app, ["search", "--space", str(TINY), "--storage", str(tmp_path / "results")])
     assert result.exit_code == 1, result.output
     assert "stopped with 0 of 4 trials finished" in result.output and "--resume" in result.output
