@@ -1,7 +1,8 @@
 """The Parquet trial store: `trials.parquet` and `epochs.parquet` of one experiment.
 
 `trials.parquet`: one row per trial: `trial_id`, `number` (0, 1, ... in the order trials
-started), `status` (running|completed|pruned|stopped|error; stopped: by --time-budget), `baseline` (the search's baseline
+started), `status` (running|waiting|completed|pruned|stopped|error; waiting: screened at the finals
+rung, until the finalists are chosen; stopped: by --time-budget), `baseline` (the search's baseline
 trial: the space's BASELINE values, trained all epochs),
 every sampled parameter as its own column (named as the space names it), `epochs`,
 `best_epoch`, `best_val_l1`, `best_val_mse`, `best_val_cos`, `last_train_loss`,

@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 from .budget import SearchClock
 from .finals import Finals
 from .scheduler import BASELINE_KEY, CPUS_KEY, FINALS_OF
-from .study import TUNE_ID_ATTR, WARM_START_ATTR, journal_storage
+from .study import TUNE_ID_ATTR, WARM_START_ATTR, journal_storage, set_intermediate, storage_trial_id
 
 # What describes the search rather than its progress: a restore keeps these as built.
 SETTINGS = ("folder", "study_name", "space_fn", "trials", "max_epochs", "clock", "max_concurrent",
@@ -87,12 +87,8 @@ class StudySearcher(Searcher):
             self._study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler)
         return self._study
 
-    def storage_id(self, number: int) -> int:
-        study_id = self.storage.get_study_id_from_name(self.study_name)
-        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
-
     def study_trial(self, trial_id: str):
-        return self.storage.get_trial(self.storage_id(self.numbers[trial_id]))
+        return self.storage.get_trial(storage_trial_id(self.storage, self.study_name, self.numbers[trial_id]))
 
     def report(self, trial_id: str, result: dict | None) -> None:
         """The result's value at step = its epoch (again after a resume: the value the trial
@@ -102,8 +98,7 @@ class StudySearcher(Searcher):
         self.epoch_seconds[trial_id] = float(result.get("epoch_seconds", 0.0))
         value = float(result[self.metric])
         if not math.isnan(value) and not self.study_trial(trial_id).state.is_finished():
-            self.storage.set_trial_intermediate_value(self.storage_id(self.numbers[trial_id]),
-                                                      int(result["epoch"]), value)
+            set_intermediate(self.storage, self.study_name, self.numbers[trial_id], int(result["epoch"]), value)
 
     def tell(self, trial_id: str, state: TrialState) -> None:
         trial = self.study_trial(trial_id)
@@ -130,7 +125,8 @@ class StudySearcher(Searcher):
     def screening_trial(self, trial_id: str) -> dict:
         number = self.orphan()
         trial = self.study.ask() if number is None else self.study.get_trials(deepcopy=False)[number]
-        self.storage.set_trial_user_attr(self.storage_id(trial.number), TUNE_ID_ATTR, trial_id)
+        self.storage.set_trial_user_attr(storage_trial_id(self.storage, self.study_name, trial.number),
+                                         TUNE_ID_ATTR, trial_id)
         self.numbers[trial_id] = trial.number
         self.running.add(trial_id)
         values = self.space_fn(trial)

@@ -40,11 +40,15 @@ def open_study(folder: Path, name: str) -> optuna.Study:
                                load_if_exists=True)
 
 
+def storage_trial_id(storage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number` of the study (what its per-trial methods take)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
 def set_intermediate(storage, study_name: str, number: int, step: int, value: float) -> None:
     """Record trial `number`'s value at `step` in the storage's study, as Trial.report would
     (Study.tell takes only final values; a Study's storage is private: pass the storage)."""
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
-    storage.set_trial_intermediate_value(trial_id, step, value)
+    storage.set_trial_intermediate_value(storage_trial_id(storage, study_name, number), step, value)
 
 
 def has_study(folder: Path) -> bool:
